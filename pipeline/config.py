@@ -118,11 +118,13 @@ def expand_study(study: StudySpec) -> list[PlannedTrial]:
     for seed in study.seeds:
         for combo in itertools.product(*grid_values):
             for variant in study.variants:
-                values = {**study.params, **dict(zip(grid_keys, combo)), **variant}
+                values = {**study.params, **dict(zip(grid_keys, combo, strict=True)), **variant}
                 config = TrialConfig(study=study.name, model=study.model, seed=seed, **values)
                 label = [_fmt(k, values[k]) for k in grid_keys] + [
                     _fmt(k, v) for k, v in variant.items()
                 ]
+                if not variant and len(study.variants) > 1:
+                    label.append("baseline")  # the variant that changes nothing
                 trials.append(PlannedTrial(config, " ".join([study.name, *label, f"seed={seed}"])))
     return trials
 
@@ -135,7 +137,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc}); expected a YAML file") from exc
+        reason = exc.strerror or exc
+        raise UserError(f"{path}: cannot read ({reason}); expected a YAML file") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
