@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError
 
@@ -42,6 +42,20 @@ class TrialConfig(BaseModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     l2_decay: float = Field(default=0.0, ge=0.0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+    @model_validator(mode="after")
+    def _numpy_models_have_one_shape(self) -> TrialConfig:
+        # The from-scratch numpy models are the homework's: one ReLU hidden layer at most,
+        # plain per-sample SGD, no dropout or L2. Say so at load time, not mid-sweep.
+        if self.model.startswith("numpy_"):
+            fixed = {"layers": 1, "activation": "relu", "dropout": 0.0, "l2_decay": 0.0,
+                     "optimizer": "sgd"}
+            for key, expected in fixed.items():
+                if getattr(self, key) != expected:
+                    raise ValueError(f"{key} = {getattr(self, key)!r} is not supported by "
+                                     f"{self.model}; expected {expected!r}")
+        return self
 
 
 TRIAL_KEYS = frozenset(TrialConfig.model_fields) - {"study", "model", "seed"}
@@ -188,6 +202,8 @@ def _check_unique(path: Path, names: list[str]) -> None:
 def _describe(exc: ValidationError, prefix: str | None = None) -> str:
     """One line from pydantic's first error: key, offending value, what is expected."""
     err = exc.errors()[0]
+    if err["type"] == "value_error" and not err["loc"]:  # a whole-config rule: says it all
+        return str(err["ctx"]["error"])
     key = ".".join(str(p) for p in err["loc"]) or (prefix or "?")
     value = err.get("input")
     if err["type"] == "missing":

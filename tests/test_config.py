@@ -112,3 +112,12 @@ def test_tune_cli_rejects_bad_space_before_launching(tmp_path: Path, monkeypatch
     assert len(err) == 1 and "learning_rate" in err[0] and "bad.yaml" in err[0]
     # nothing launched or written: no tracking store, no Ray results
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_numpy_model_with_torch_only_option_is_rejected_at_load(tmp_path: Path) -> None:
+    space = tmp_path / "np.yaml"
+    space.write_text("name: np\nmodel: numpy_mlp\nparams: {epochs: 2, learning_rate: 0.001, "
+                     "dropout: 0.3}\n")
+    with pytest.raises(UserError, match="dropout.*numpy_mlp") as info:
+        load_space(space)
+    assert str(space) in str(info.value)
