@@ -45,16 +45,20 @@ class TrialConfig(BaseModel):
 
 
     @model_validator(mode="after")
-    def _numpy_models_have_one_shape(self) -> TrialConfig:
+    def _options_fit_the_model(self) -> TrialConfig:
         # The from-scratch numpy models are the homework's: one ReLU hidden layer at most,
-        # plain per-sample SGD, no dropout or L2. Say so at load time, not mid-sweep.
+        # plain per-sample SGD, no dropout or L2; logistic regression has no hidden layer.
+        # Say so when the space is loaded, not mid-sweep.
+        fixed: dict[str, object] = {}
         if self.model.startswith("numpy_"):
             fixed = {"layers": 1, "activation": "relu", "dropout": 0.0, "l2_decay": 0.0,
                      "optimizer": "sgd"}
-            for key, expected in fixed.items():
-                if getattr(self, key) != expected:
-                    raise ValueError(f"{key} = {getattr(self, key)!r} is not supported by "
-                                     f"{self.model}; expected {expected!r}")
+        elif self.model == "torch_logreg":
+            fixed = {"layers": 1, "hidden_size": 200, "activation": "relu", "dropout": 0.0}
+        for key, expected in fixed.items():
+            if getattr(self, key) != expected:
+                raise ValueError(f"{key} = {getattr(self, key)!r} is not supported by "
+                                 f"{self.model}; expected {expected!r}")
         return self
 
 

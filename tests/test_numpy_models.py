@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, DatasetIdentity, Splits, add_bias
@@ -312,7 +313,7 @@ def test_evaluation_works_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_options_only_torch_implements_are_refused() -> None:
-    with pytest.raises(UserError, match="dropout = 0.2"):
+    with pytest.raises(ValidationError, match="dropout = 0.2"):
         nm.build("numpy_mlp", config("numpy_mlp", dropout=0.2), make_splits(n=8))
     with pytest.raises(UserError, match="expected one of"):
         nm.build("numpy_svm", config("numpy_mlp"), make_splits(n=8))
