@@ -1,0 +1,294 @@
+"""The data layer: MedMNIST's npz format checks, MD5, the homework's splits, locating and
+fetching the file (against a local HTTP server, never the network)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import data
+from pipeline.errors import UserError
+
+SPLIT_SIZES = {"train": 12, "val": 8, "test": 8}
+
+
+def valid_arrays() -> dict[str, np.ndarray]:
+    """Small arrays in MedMNIST's format, every class present in every split."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in SPLIT_SIZES.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n, dtype=np.uint8) % 4).reshape(n, 1)
+    return arrays
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def assert_one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+# ------------------------------------------------------------------------ format checks
+def test_read_npz_round_trip(tmp_path: Path) -> None:
+    arrays = valid_arrays()
+    loaded = data.read_npz(write_npz(tmp_path / "ok.npz", arrays))
+    assert set(loaded) == set(data.KEYS)
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(loaded[key], array)
+
+
+def _drop(arrays: dict, key: str) -> None:
+    del arrays[key]
+
+
+MALFORMED = {
+    "missing key": ("val_labels", lambda a: _drop(a, "val_labels")),
+    "float images": ("train_images", lambda a: a.update(train_images=a["train_images"] / 255)),
+    "int16 images": ("test_images", lambda a: a.update(test_images=a["test_images"].astype(
+        np.int16))),
+    "images not 28x28": ("val_images", lambda a: a.update(val_images=a["val_images"][:, :, :27])),
+    "flat images": ("train_images", lambda a: a.update(train_images=a["train_images"].reshape(
+        12, 784))),
+    "labels not (N, 1)": ("train_labels", lambda a: a.update(train_labels=a["train_labels"][:, 0])),
+    "float labels": ("test_labels", lambda a: a.update(test_labels=a["test_labels"] * 1.0)),
+    "label 4": ("val_labels", lambda a: a.update(val_labels=a["val_labels"] + 1)),
+    "label -1": ("train_labels", lambda a: a.update(train_labels=a["train_labels"].astype(
+        np.int64) - 1)),
+    "lengths disagree": ("test_labels", lambda a: a.update(test_labels=a["test_labels"][:-1])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_file_names_file_and_key(tmp_path: Path, case: str) -> None:
+    key, damage = MALFORMED[case]
+    arrays = valid_arrays()
+    damage(arrays)
+    path = write_npz(tmp_path / "bad.npz", arrays)
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path), key)
+
+
+def test_text_file_is_not_an_npz(tmp_path: Path) -> None:
+    path = tmp_path / "notes.npz"
+    path.write_text("not an archive\n")
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path), "npz")
+
+
+def test_single_npy_array_is_not_an_npz(tmp_path: Path) -> None:
+    path = tmp_path / "array.npz"
+    with open(path, "wb") as handle:
+        np.save(handle, np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path), "npz")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_truncated_file(tmp_path: Path, keep: float) -> None:
+    whole = write_npz(tmp_path / "whole.npz", valid_arrays()).read_bytes()
+    path = tmp_path / "cut.npz"
+    path.write_bytes(whole[: int(len(whole) * keep)])
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path))
+
+
+def test_corrupt_member_data(tmp_path: Path) -> None:
+    raw = bytearray(write_npz(tmp_path / "x.npz", valid_arrays()).read_bytes())
+    raw[200:400] = bytes(200)  # inside the first member's compressed stream
+    path = tmp_path / "corrupt.npz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path), "corrupt")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such file"):
+        data.read_npz(tmp_path / "absent.npz")
+
+
+# ---------------------------------------------------------------------------------- MD5
+def test_file_md5_matches_hashlib(tiny_npz: Path) -> None:
+    assert data.file_md5(tiny_npz) == hashlib.md5(tiny_npz.read_bytes()).hexdigest()
+
+
+def test_expect_octmnist_rejects_other_md5(tiny_npz: Path) -> None:
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(tiny_npz, expect_octmnist=True)
+    assert_one_line_error(excinfo, str(tiny_npz), "MD5", data.octmnist_info()["MD5"])
+
+
+def pretend_octmnist(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make MedMNIST's published MD5 equal this file's."""
+    info = dict(data.octmnist_info(), MD5=data.file_md5(path))
+    monkeypatch.setattr(data, "octmnist_info", lambda: info)
+
+
+def test_file_with_medmnists_md5_is_octmnist(tiny_npz: Path, monkeypatch) -> None:
+    pretend_octmnist(monkeypatch, tiny_npz)
+    data.read_npz(tiny_npz, expect_octmnist=True)
+    assert data.load_splits(tiny_npz).identity.name == "octmnist"
+
+
+# ------------------------------------------------------------------------ homework splits
+def test_load_splits_preprocesses_like_the_homework(tiny_npz: Path, tiny_splits) -> None:
+    raw = data.read_npz(tiny_npz)
+    s = tiny_splits
+    assert s.x_train.dtype == np.float32 and s.x_train.shape == (400, 784)
+    assert s.y_train.dtype == np.int64 and s.y_train.shape == (400,)
+    np.testing.assert_array_equal(s.x_val * 256, raw["val_images"].reshape(100, 784))
+    np.testing.assert_array_equal(s.y_val, raw["val_labels"][:, 0])
+    assert 0 <= s.x_train.min() and s.x_train.max() < 1
+    assert s.identity == data.DatasetIdentity(
+        name="synthetic", md5=data.file_md5(tiny_npz), test_split="hw1",
+        n_train=400, n_val=100, n_test=529)
+
+
+def test_hw1_subset_is_first_images_of_each_class_in_order(tiny_npz: Path, tiny_splits) -> None:
+    raw = data.read_npz(tiny_npz)
+    labels = raw["test_labels"][:, 0]
+    expected_y = np.repeat([0, 1, 2, 3], data.HW1_TEST_PER_CLASS)
+    np.testing.assert_array_equal(tiny_splits.y_test, expected_y)
+    first = np.concatenate([np.flatnonzero(labels == c)[:n]
+                            for c, n in enumerate(data.HW1_TEST_PER_CLASS)])
+    np.testing.assert_array_equal(tiny_splits.x_test * 256,
+                                  raw["test_images"][first].reshape(-1, 784))
+
+
+def test_full_test_split_keeps_every_image_in_file_order(tiny_npz: Path) -> None:
+    splits = data.load_splits(tiny_npz, test_split="full")
+    raw = data.read_npz(tiny_npz)
+    np.testing.assert_array_equal(splits.y_test, raw["test_labels"][:, 0])
+    assert splits.identity.n_test == 1000 and splits.identity.test_split == "full"
+
+
+def test_hw1_subset_needs_enough_images_per_class(tmp_path: Path) -> None:
+    path = write_npz(tmp_path / "small.npz", valid_arrays())
+    with pytest.raises(UserError) as excinfo:
+        data.load_splits(path)
+    assert_one_line_error(excinfo, str(path), "test_labels", "182")
+    assert data.load_splits(path, test_split="full").identity.n_test == 8
+
+
+def test_unknown_test_split(tiny_npz: Path) -> None:
+    with pytest.raises(UserError, match="'hw2'"):
+        data.load_splits(tiny_npz, test_split="hw2")
+
+
+def test_identity_name_defaults_to_stem_and_can_be_given(tmp_path: Path) -> None:
+    path = write_npz(tmp_path / "my_scans.npz", valid_arrays())
+    assert data.load_splits(path, test_split="full").identity.name == "my_scans"
+    named = data.load_splits(path, test_split="full", name="retina-v2")
+    assert named.identity.name == "retina-v2"
+
+
+# --------------------------------------------------------------------------- locate
+def test_default_cache_dir(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MEDGRID_DATA_DIR", str(tmp_path / "cache"))
+    assert data.default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("MEDGRID_DATA_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.default_cache_dir() == tmp_path / ".medmnist"
+
+
+def test_resolve_data_path(monkeypatch, tmp_path: Path, tiny_npz: Path) -> None:
+    monkeypatch.setenv("MEDGRID_DATA_DIR", str(tmp_path))
+    assert data.resolve_data_path(tiny_npz) == tiny_npz
+    with pytest.raises(UserError, match="does not exist"):
+        data.resolve_data_path(tmp_path / "absent.npz")
+    with pytest.raises(UserError) as excinfo:
+        data.resolve_data_path(None)
+    assert_one_line_error(excinfo, "medgrid data fetch", "medgrid data synth")
+    shutil.copy(tiny_npz, tmp_path / "octmnist.npz")
+    assert data.resolve_data_path(None) == tmp_path / "octmnist.npz"
+
+
+def test_describe_lists_shapes_counts_and_md5(tiny_npz: Path) -> None:
+    text = data.describe(tiny_npz)
+    counts = np.bincount(data.read_npz(tiny_npz)["train_labels"][:, 0], minlength=4)
+    assert data.file_md5(tiny_npz) in text
+    assert "(400, 28, 28) uint8" in text
+    assert " / ".join(str(c) for c in counts) in text
+    assert "250 / 250 / 250 / 250" in text
+
+
+# --------------------------------------------------------------------------------- fetch
+@pytest.fixture
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_npz: Path) -> Iterator[str]:
+    """URL of tiny_npz on a throwaway HTTP server on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("server")
+    shutil.copy(tiny_npz, root / "octmnist.npz")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/octmnist.npz"
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/octmnist.npz"
+
+
+def test_fetch_saves_verified_file(tmp_path: Path, served: str, tiny_npz: Path) -> None:
+    dest = tmp_path / "cache" / "nested"
+    path = data.fetch(dest, url=served, md5=data.file_md5(tiny_npz), timeout=5)
+    assert path == dest / "octmnist.npz"
+    assert path.read_bytes() == tiny_npz.read_bytes()
+    assert [p.name for p in dest.iterdir()] == ["octmnist.npz"]
+
+
+def test_fetch_wrong_md5_leaves_nothing(tmp_path: Path, served: str) -> None:
+    with pytest.raises(UserError) as excinfo:
+        data.fetch(tmp_path, url=served, md5="0" * 32, timeout=5)
+    assert_one_line_error(excinfo, "MD5", "0" * 32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_server_down_says_what_to_do(tmp_path: Path) -> None:
+    url = closed_port_url()
+    with pytest.raises(UserError) as excinfo:
+        data.fetch(tmp_path, url=url, md5="0" * 32, timeout=2)
+    assert_one_line_error(excinfo, url, str(tmp_path / "octmnist.npz"), "medgrid data synth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_missing_url_is_an_error(tmp_path: Path, served: str) -> None:
+    with pytest.raises(UserError, match="404"):
+        data.fetch(tmp_path, url=served.replace("octmnist", "nothing"), md5="0" * 32, timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_skips_download_when_file_is_already_there(tmp_path: Path, tiny_npz: Path) -> None:
+    shutil.copy(tiny_npz, tmp_path / "octmnist.npz")
+    # A closed port: the call succeeds only if it never touches the network.
+    path = data.fetch(tmp_path, url=closed_port_url(), md5=data.file_md5(tiny_npz), timeout=2)
+    assert path == tmp_path / "octmnist.npz"
