@@ -138,9 +138,8 @@ def expand_study(study: StudySpec) -> list[PlannedTrial]:
             for variant in study.variants:
                 values = {**study.params, **dict(zip(grid_keys, combo, strict=True)), **variant}
                 config = TrialConfig(study=study.name, model=study.model, seed=seed, **values)
-                label = [_fmt(k, values[k]) for k in grid_keys] + [
-                    _fmt(k, v) for k, v in variant.items()
-                ]
+                # Values as validated (YAML 1.1 reads "1.0e6" as text; pydantic made it 1e6).
+                label = [_fmt(k, getattr(config, k)) for k in [*grid_keys, *variant]]
                 if not variant and len(study.variants) > 1:
                     label.append("baseline")  # the variant that changes nothing
                 trials.append(PlannedTrial(config, " ".join([study.name, *label, f"seed={seed}"])))

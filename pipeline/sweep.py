@@ -1,0 +1,229 @@
+"""The driver of `medgrid tune`: load the space and the data once, open tracking, create the
+sweep's parent run, hand the trials to Ray Tune (fresh or restored), and close the parent run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from pipeline import __version__, data, tracking
+from pipeline import tune as tuning
+from pipeline.config import PlannedTrial, TrialConfig, expand, load_space
+from pipeline.data import Splits
+from pipeline.errors import UserError
+from pipeline.tracking_server import LocalTrackingServer, wait_healthy
+from pipeline.trial import run_trial
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SERVER_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What `medgrid tune` was asked to do, beyond the space file."""
+
+    data: Path | None = None
+    dataset: str = "octmnist"  # octmnist | synthetic
+    test_split: str = "hw1"
+    experiment: str = "medgrid"
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    artifacts_dir: Path = Path("mlruns")
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    epochs: int | None = None
+    limit_train: int | None = None
+    resume: bool = False
+    storage: Path = Path("ray_results")
+    max_failures: int = 1
+
+    def overrides(self) -> dict[str, str]:
+        """The options that change what trials do, recorded on every run."""
+        chosen = {"epochs_cap": self.epochs, "limit_train": self.limit_train}
+        return {f"override.{k}": str(v) for k, v in chosen.items() if v is not None}
+
+
+def plan_trials(space: Path, epochs_cap: int | None) -> tuple[str, str, dict[str, TrialConfig]]:
+    """Sweep name, content hash and the planned configs by run name (epochs capped)."""
+    sweep = load_space(space)
+    planned: list[PlannedTrial] = expand(sweep)
+    plans: dict[str, TrialConfig] = {}
+    for trial in planned:
+        config = trial.config
+        if epochs_cap is not None and config.epochs > epochs_cap:
+            config = config.model_copy(update={"epochs": epochs_cap})
+        if trial.name in plans:
+            raise UserError(f"{space}: two trials share the name '{trial.name}'; "
+                            "expected every grid point once")
+        plans[trial.name] = config
+    return sweep.name, sweep.content_sha256, plans
+
+
+def load_data(options: SweepOptions) -> Splits:
+    """The data every trial shares, loaded once here on the driver."""
+    if options.dataset not in ("octmnist", "synthetic"):
+        raise UserError(f"--dataset {options.dataset!r}; expected octmnist or synthetic")
+    if options.data is not None:
+        path = data.resolve_data_path(options.data)
+    elif options.dataset == "synthetic":
+        from pipeline import synthetic
+
+        path = data.default_cache_dir() / "synthetic_octmnist.npz"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[medgrid] writing the full-size synthetic stand-in to {path}", flush=True)
+            synthetic.synthesize(path, seed=0)
+    else:
+        path = data.resolve_data_path(None)
+    splits = data.load_splits(path, test_split=options.test_split)
+    if options.limit_train is not None:
+        splits = subsample_train(splits, options.limit_train)
+    return splits
+
+
+def subsample_train(splits: Splits, n: int) -> Splits:
+    """A seeded random subset of `n` training samples (for quick runs)."""
+    if n >= len(splits.y_train):
+        return splits
+    keep = np.sort(np.random.default_rng(0).choice(len(splits.y_train), n, replace=False))
+    identity = dataclasses.replace(splits.identity, n_train=n)
+    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
+                               identity=identity)
+
+
+@contextmanager
+def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]:
+    """An HTTP tracking URI for the sweep: the user's server, or a private one over a local store.
+
+    A server that does not answer within 10 s is a user error, raised before any trial launches.
+    """
+    if uri.startswith(("http://", "https://")):
+        if not wait_healthy(uri.rstrip("/"), SERVER_TIMEOUT_S):
+            raise UserError(f"MLflow tracking server {uri} is unreachable (no answer to /health "
+                            f"within {SERVER_TIMEOUT_S:.0f} s); expected a running server")
+        yield uri.rstrip("/")
+        return
+    backend = _absolute_sqlite(uri)
+    server = LocalTrackingServer(backend, artifacts_dir, log_dir / "mlflow-server.log")
+    with server:
+        yield server.url
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """`sqlite:///mlflow.db` relative to where the user ran medgrid, made absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def git_commit() -> str:
+    """The commit of the medgrid checkout, or 'unknown' outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_sweep(space: Path, options: SweepOptions,
+              trial_fn: tuning.TrialFunction = run_trial) -> int:
+    """Run (or resume) the sweep in `space`; 0 when every trial finished, 1 when some failed."""
+    sweep_name, content_hash, plans = plan_trials(space, options.epochs)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    splits = load_data(options)
+    identity = splits.identity
+    if identity.name != "octmnist":
+        print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
+              "not the real OCTMNIST; the runs are tagged so.", flush=True)
+    storage = options.storage.resolve()
+    with open_tracking(options.tracking_uri, options.artifacts_dir, storage) as uri:
+        client = MlflowClient(uri)
+        experiment_id = tracking.ensure_experiment(client, options.experiment)
+        if options.resume:
+            parent_id, ray_path = _resumable_parent(client, experiment_id, sweep_name)
+        else:
+            tracking.close_stale_runs(client, experiment_id, sweep_name)
+            parent_id, ray_path = _new_parent(client, experiment_id, sweep_name, space,
+                                              content_hash, identity, options, len(plans))
+        target = tuning.TrackingTarget(
+            uri, experiment_id, parent_id,
+            params={**options.overrides(), "dataset": identity.name,
+                    "test_split": identity.test_split},
+            tags={"dataset": identity.name, "dataset_md5": identity.md5},
+        )
+        resources = tuning.Resources(options.cpus_per_trial, options.gpus_per_trial)
+        print(f"[medgrid] sweep '{sweep_name}': {len(plans)} trials; tracking {uri} "
+              f"(experiment '{options.experiment}', parent run {parent_id})", flush=True)
+        tuning.init_ray(options.ray_address, options.num_cpus)
+        trainable = tuning.build_trainable(splits, plans, target, resources, trial_fn)
+        try:
+            if options.resume:
+                outcomes = tuning.restore(trainable, ray_path)
+            else:
+                outcomes = tuning.launch(trainable, list(plans), storage, Path(ray_path).name,
+                                         options.max_concurrent, options.max_failures)
+        except BaseException:
+            client.set_terminated(parent_id, "KILLED")
+            raise
+        failed = [o for o in outcomes if o.status != "TERMINATED"]
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    _print_summary(outcomes, parent_id)
+    return 1 if failed else 0
+
+
+def _new_parent(client: MlflowClient, experiment_id: str, sweep_name: str, space: Path,
+                content_hash: str, identity: data.DatasetIdentity, options: SweepOptions,
+                n_trials: int) -> tuple[str, str]:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ray_path = str(options.storage.resolve() / f"{sweep_name}-{stamp}")
+    tags = {
+        "space_file": str(space), "space_sha256": content_hash, "git_commit": git_commit(),
+        "dataset": identity.name, "dataset_md5": identity.md5, "test_split": identity.test_split,
+        "ray_address": options.ray_address or "local", "medgrid_version": __version__,
+        tracking.RAY_PATH_TAG: ray_path,
+    }
+    params = {**options.overrides(), "n_trials": n_trials, "n_train": identity.n_train,
+              "n_val": identity.n_val, "n_test": identity.n_test}
+    return tracking.start_sweep_run(client, experiment_id, sweep_name, tags, params), ray_path
+
+
+def _resumable_parent(client: MlflowClient, experiment_id: str, sweep_name: str
+                      ) -> tuple[str, str]:
+    parent = tracking.latest_sweep_run(client, experiment_id, sweep_name)
+    if parent is None:
+        raise UserError(f"--resume: no sweep '{sweep_name}' in this experiment; "
+                        "expected an earlier `medgrid tune` of the same space")
+    ray_path = parent.data.tags.get(tracking.RAY_PATH_TAG, "")
+    if not ray_path or not tuning.can_restore(ray_path):
+        raise UserError(f"--resume: Ray left nothing to restore at {ray_path or '?'}; expected "
+                        "the --storage directory of the interrupted sweep")
+    closed = tracking.close_stale_runs(client, experiment_id, sweep_name,
+                                       keep_parent=parent.info.run_id)
+    client.update_run(parent.info.run_id, status="RUNNING")
+    print(f"[medgrid] resuming sweep run {parent.info.run_id} from {ray_path} "
+          f"({closed} interrupted runs closed as KILLED)", flush=True)
+    return parent.info.run_id, ray_path
+
+
+def _print_summary(outcomes: list[tuning.TrialOutcome], parent_id: str) -> None:
+    done = sum(o.status == "TERMINATED" for o in outcomes)
+    print(f"[medgrid] {done}/{len(outcomes)} trials finished; parent run {parent_id}", flush=True)
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"[medgrid]   FAILED {outcome.name}: {outcome.error.splitlines()[0]}",
+                  file=sys.stderr, flush=True)

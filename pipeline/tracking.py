@@ -1,0 +1,187 @@
+"""Everything medgrid writes to MLflow: the sweep's parent run, one child run per trial, per-epoch
+metrics in batches, artifacts, and the cleanup of runs a killed process left RUNNING.
+
+Only `MlflowClient` is used (no fluent, process-global active run), so one worker process can run
+many trials one after another without state leaking between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import UserError
+
+PARENT_TAG = "mlflow.parentRunId"
+KIND_TAG = "medgrid.kind"  # "sweep" or "trial"
+SWEEP_TAG = "medgrid.sweep"
+KEY_TAG = "medgrid.trial_key"
+RAY_PATH_TAG = "medgrid.ray_experiment_path"
+_MAX_PARAM_LEN = 6000
+
+
+def trial_key(parent_run_id: str, trial_name: str) -> str:
+    """Stable id of a trial within a sweep: the same across Ray retries and `--resume`."""
+    return hashlib.sha256(f"{parent_run_id}/{trial_name}".encode()).hexdigest()[:16]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing (by the driver, before any trial)."""
+    try:
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            if existing.lifecycle_stage != "active":
+                raise UserError(f"experiment '{name}' is deleted in {client.tracking_uri}; "
+                                "expected an active experiment (restore it or pick another name)")
+            return str(existing.experiment_id)
+        return str(client.create_experiment(name))
+    except MlflowException as exc:
+        raise UserError(f"MLflow at {client.tracking_uri} refused experiment '{name}': "
+                        f"{str(exc).splitlines()[0]}") from exc
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+    """All active runs that match, page by page."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str,
+                    tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """Create the parent run of a sweep and return its id."""
+    run = client.create_run(experiment_id, run_name=f"sweep {sweep_name}",
+                            tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name, **tags})
+    client.log_batch(run.info.run_id, params=_params(params))
+    return str(run.info.run_id)
+
+
+def latest_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) -> Any | None:
+    """The most recently started parent run of `sweep_name`, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{KIND_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{sweep_name}'",
+        max_results=1, order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
+                     keep_parent: str | None = None) -> int:
+    """Mark runs of `sweep_name` still RUNNING (their process was killed) as KILLED.
+
+    `keep_parent` is the sweep being resumed: its parent stays RUNNING, its children do not.
+    """
+    closed = 0
+    parents = search_all(client, experiment_id,
+                         f"tags.`{KIND_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{sweep_name}'")
+    for parent in parents:
+        parent_id = parent.info.run_id
+        children = search_all(client, experiment_id,
+                              f"tags.`{PARENT_TAG}` = '{parent_id}' AND attributes.status = "
+                              "'RUNNING'")
+        for run in children:
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed += 1
+        if parent_id != keep_parent and parent.info.status == "RUNNING":
+            client.set_terminated(parent_id, "KILLED")
+            closed += 1
+    return closed
+
+
+def finished_trial(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                   name: str) -> Any | None:
+    """The FINISHED child run of trial `name` in this sweep, if an earlier attempt completed.
+
+    Ray saves its experiment state periodically; a driver killed between a trial's end and the
+    next save would run that trial again on `--resume`. MLflow is the record that counts.
+    """
+    key = trial_key(parent_run_id, name)
+    runs = client.search_runs([experiment_id],
+                              f"tags.`{KEY_TAG}` = '{key}' AND attributes.status = 'FINISHED'",
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(str(k), str(v)[:_MAX_PARAM_LEN]) for k, v in sorted(values.items())]
+
+
+class TrialRun:
+    """The child run of one trial attempt.
+
+    A retried or resumed trial replaces its earlier unfinished attempt (deleted, its error kept
+    as a tag), so that MLflow shows exactly one child run per trial.
+    """
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
+                 name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        self.client = client
+        key = trial_key(parent_run_id, name)
+        earlier = search_all(client, experiment_id, f"tags.`{KEY_TAG}` = '{key}'")
+        attempt = 1 + max((int(r.data.tags.get("medgrid.attempt", "1")) for r in earlier),
+                          default=0)
+        attempt_tags = {"medgrid.attempt": str(attempt)}
+        errors = [r.data.tags["medgrid.error"] for r in earlier if "medgrid.error" in r.data.tags]
+        if errors:
+            attempt_tags["medgrid.previous_error"] = errors[-1][:_MAX_PARAM_LEN]
+        for run in earlier:
+            client.delete_run(run.info.run_id)
+        run = client.create_run(experiment_id, run_name=name, tags={
+            PARENT_TAG: parent_run_id, KIND_TAG: "trial", KEY_TAG: key, **tags, **attempt_tags,
+        })
+        self.run_id: str = run.info.run_id
+        client.log_batch(self.run_id, params=_params(params))
+
+    def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
+        """All of one epoch's metrics in one request (step = epoch)."""
+        stamp = _now_ms()
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), stamp, step) for key, value in metrics.items()
+        ])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set several tags in one request."""
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, directory: Path) -> None:
+        """Upload every file under `directory` (over HTTP when the URI is a server)."""
+        self.client.log_artifacts(self.run_id, str(directory))
+
+    def finish(self) -> None:
+        """End the run FINISHED."""
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def fail(self, error: BaseException) -> None:
+        """End the run FAILED, with the error as a tag and the traceback as an artifact."""
+        line = f"{type(error).__name__}: {error}".splitlines()[0]
+        try:
+            self.set_tags({"medgrid.error": line[:_MAX_PARAM_LEN]})
+            self.client.log_text(self.run_id, "".join(traceback.format_exception(error)),
+                                 "error.txt")
+        finally:
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def config_json(values: Mapping[str, Any]) -> str:
+    """A canonical JSON text of a config (for hashing and tags)."""
+    return json.dumps(values, sort_keys=True, default=str)
