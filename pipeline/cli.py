@@ -114,6 +114,110 @@ def _add_boolean(sub: argparse._SubParsersAction) -> None:
     boolean.set_defaults(func=_cmd_boolean)
 
 
+# ----------------------------------------------------------------------------- tune
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from pipeline.sweep import SweepOptions, run_sweep
+
+    options = SweepOptions(
+        data=args.data, dataset=args.dataset, test_split=args.test_split,
+        experiment=args.experiment, tracking_uri=args.tracking_uri,
+        ray_address=args.ray_address, num_cpus=args.num_cpus,
+        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, epochs=args.epochs, limit_train=args.limit_train,
+        resume=args.resume, storage=args.storage, max_failures=args.max_failures,
+    )
+    return run_sweep(args.space, options)
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser("tune", help="run a search space's grid as parallel Ray Tune trials, "
+                          "each tracked in MLflow")
+    tune.add_argument("space", type=Path, help="search space YAML (e.g. search_spaces/hw1.yaml)")
+    source = tune.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="an OCTMNIST-format .npz file")
+    source.add_argument("--dataset", choices=["octmnist", "synthetic"], default="octmnist",
+                        help="octmnist from the cache (default), or the synthetic stand-in")
+    tune.add_argument("--test-split", choices=["hw1", "full"], default="hw1",
+                      help="hw1: the homework's 529-image test subset (default); full: 1,000")
+    tune.add_argument("--experiment", default="medgrid", help="MLflow experiment name")
+    tune.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                      help="MLflow store or server (default: sqlite:///mlflow.db, served to the "
+                      "trials by a private local server)")
+    tune.add_argument("--ray-address", help="join this Ray cluster (default: a local Ray)")
+    tune.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray "
+                      "(default: all)")
+    tune.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")
+    tune.add_argument("--cpus-per-trial", type=_positive_float, default=1.0,
+                      help="CPUs per torch trial (numpy trials take one)")
+    tune.add_argument("--gpus-per-trial", type=_nonnegative_float, default=0.0,
+                      help="GPU fraction per torch trial (when the cluster has GPUs)")
+    tune.add_argument("--epochs", type=_positive_int, help="cap every trial's epochs "
+                      "(quick runs)")
+    tune.add_argument("--limit-train", type=_positive_int, help="train on a seeded random "
+                      "subset of N samples")
+    tune.add_argument("--resume", action="store_true", help="continue the latest interrupted "
+                      "sweep of this space")
+    tune.add_argument("--storage", type=Path, default=Path("ray_results"),
+                      help="Ray Tune's results directory (default ./ray_results); must be "
+                      "shared by all nodes for --resume on a cluster")
+    tune.add_argument("--max-failures", type=_nonnegative_int, default=1,
+                      help="retries of a failing trial")
+    tune.set_defaults(func=_cmd_tune)
+
+
+# --------------------------------------------------------------------------- report
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import ReportOptions, make_report
+
+    options = ReportOptions(
+        experiment=args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep,
+        out=args.out, reference=args.reference, log_to_mlflow=not args.no_log,
+    )
+    print(make_report(options).summary())
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="the homework's tables, figures and CSV summaries "
+                            "of a sweep, read from MLflow")
+    report.add_argument("--experiment", help="MLflow experiment (default: medgrid)")
+    report.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                        help="MLflow store or server (default: sqlite:///mlflow.db)")
+    report.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the "
+                        "experiment's latest sweep)")
+    report.add_argument("--out", type=Path, default=Path("report_out"),
+                        help="output directory, replaced as a whole (default: report_out)")
+    report.add_argument("--reference", type=Path, help="published numbers to set beside the "
+                        "measured ones (default: the repository's reference/hw1.csv)")
+    report.add_argument("--no-log", action="store_true", help="don't log the report as "
+                        "artifacts of the sweep's parent run")
+    report.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `medgrid` argument parser."""
     parser = _Parser(prog="medgrid", description="The OCTMNIST homework as an experiment "
@@ -123,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
     _add_data(sub)
     _add_boolean(sub)
+    _add_tune(sub)
+    _add_report(sub)
     return parser
 
 
@@ -138,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medgrid: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medgrid ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

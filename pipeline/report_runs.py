@@ -1,0 +1,259 @@
+"""Find a sweep in MLflow and read its trials into one tidy DataFrame,
+one row per trial (the planned trials that never got a run included, as MISSING).
+
+Reads through `MlflowClient` only (never the database file), so a local store and a tracking
+server behave the same. The tables need nothing but what `search_runs` returns (final metrics,
+params, tags); metric histories are fetched only for the few runs a figure or a time column needs.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import TrialConfig, expand, load_space
+from pipeline.errors import UserError
+from pipeline.tracking_server import wait_healthy
+
+SERVER_TIMEOUT_S = 10.0
+INT_PARAMS = ("seed", "epochs", "batch_size", "hidden_size", "layers")
+FLOAT_PARAMS = ("learning_rate", "dropout", "l2_decay")
+CONFIG_PARAMS = tuple(k for k in TrialConfig.model_fields if k not in ("study", "seed"))
+METRICS = ("train/loss", "train/loss_sum", "train/acc", "val/loss", "val/acc", "test/acc",
+           "epoch_time_s")
+LEAD_COLUMNS = ("study", "seed", "status", "diverged", "run_id", "run_name")
+TAIL_COLUMNS = ("duration_s", "attempt", "node", "error")
+HISTORY_THREADS = 8  # histories are one request per run and metric: overlap their latency
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """The sweep's parent run, as the report describes it."""
+
+    run_id: str
+    name: str
+    experiment: str
+    experiment_id: str
+    status: str
+    start_time: int
+    artifact_uri: str
+    tags: dict[str, str]
+    params: dict[str, str]
+
+    @property
+    def dataset(self) -> str:
+        """Which data the trials used: octmnist, synthetic or a file stem."""
+        return self.tags.get("dataset") or self.params.get("dataset") or "unknown"
+
+    def count(self, key: str) -> int | None:
+        """An integer param of the parent run (n_val, n_test, n_trials), if recorded."""
+        try:
+            return int(self.params[key])
+        except (KeyError, ValueError):
+            return None
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri`, after checking that the store or server is there to be read."""
+    if uri.startswith(("http://", "https://")):
+        if not wait_healthy(uri.rstrip("/"), SERVER_TIMEOUT_S):
+            raise UserError(f"MLflow tracking server {uri} is unreachable (no answer to /health "
+                            f"within {SERVER_TIMEOUT_S:.0f} s); expected a running server")
+        return MlflowClient(uri.rstrip("/"))
+    if uri.startswith("sqlite:///"):
+        # The client would create an empty store for a missing file: reading must not.
+        path = Path(urllib.parse.unquote(uri[len("sqlite:///"):]).split("?")[0])
+        if not path.is_file():
+            raise UserError(f"--tracking-uri {uri}: no such file {path}; expected the "
+                            "mlflow.db of an earlier `medgrid tune` (run from the same directory)")
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # opens the store now, not halfway through
+    except Exception as exc:  # any failure here means the URI names no readable store
+        raise UserError(f"--tracking-uri {uri}: cannot open ({_first_line(exc)}); expected an "
+                        "MLflow store or server") from exc
+    return client
+
+
+def find_sweep(client: MlflowClient, experiment: str | None, run_id: str | None) -> SweepInfo:
+    """The sweep's parent run: `run_id`, or the latest sweep of `experiment` (default medgrid)."""
+    try:
+        return _find_sweep(client, experiment, run_id)
+    except MlflowException as exc:
+        raise UserError(f"MLflow at {client.tracking_uri}: {_first_line(exc)}") from exc
+
+
+def _find_sweep(client: MlflowClient, experiment: str | None, run_id: str | None) -> SweepInfo:
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            raise UserError(f"--sweep {run_id}: no such run in {client.tracking_uri}; expected "
+                            "the run id of a sweep's parent run") from exc
+        if run.info.lifecycle_stage != "active":
+            raise UserError(f"--sweep {run_id}: run '{run.info.run_name}' is deleted; expected "
+                            "an active sweep's parent run")
+        exp = client.get_experiment(run.info.experiment_id)
+        if experiment is not None and exp.name != experiment:
+            raise UserError(f"--sweep {run_id} belongs to experiment '{exp.name}', not "
+                            f"'{experiment}'; expected a sweep of the named experiment")
+        if run.data.tags.get(tracking.KIND_TAG) != "sweep":
+            raise UserError(f"--sweep {run_id}: run '{run.info.run_name}' is not a sweep's "
+                            f"parent run (tag {tracking.KIND_TAG} != 'sweep')")
+        return _sweep_info(run, exp.name)
+    name = experiment or "medgrid"
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage != "active":
+        known = sorted(e.name for e in client.search_experiments(max_results=20))
+        raise UserError(f"--experiment '{name}' not found in {client.tracking_uri}; expected "
+                        f"one of {known}")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{tracking.KIND_TAG}` = 'sweep'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise UserError(f"experiment '{name}' has no sweep runs (tag {tracking.KIND_TAG} = "
+                        "'sweep'); expected runs written by `medgrid tune`")
+    return _sweep_info(runs[0], name)
+
+
+def _sweep_info(run: Any, experiment: str) -> SweepInfo:
+    tags = dict(run.data.tags)
+    return SweepInfo(run.info.run_id, tags.get(tracking.SWEEP_TAG, run.info.run_name or "?"),
+                     experiment, str(run.info.experiment_id), run.info.status,
+                     int(run.info.start_time or 0), run.info.artifact_uri or "", tags,
+                     dict(run.data.params))
+
+
+def read_trials(client: MlflowClient, sweep: SweepInfo) -> pd.DataFrame:
+    """Every child run of the sweep, one row each, plus a MISSING row per planned trial
+    without a run; columns as in `summary.csv`."""
+    try:
+        runs = tracking.search_all(client, sweep.experiment_id,
+                                   f"tags.`{tracking.PARENT_TAG}` = '{sweep.run_id}'")
+    except MlflowException as exc:
+        raise UserError(f"MLflow at {client.tracking_uri}: {_first_line(exc)}") from exc
+    if not runs:
+        raise UserError(f"sweep run {sweep.run_id} ('{sweep.name}') has no trial runs; "
+                        "expected child runs written by `medgrid tune`")
+    rows = [_trial_row(run) for run in sorted(runs, key=lambda r: r.info.start_time or 0)]
+    names = {row["run_name"] for row in rows}
+    rows += [_missing_row(config, name) for name, config in planned_trials(sweep).items()
+             if name not in names]
+    return _tidy(pd.DataFrame(rows))
+
+
+def _trial_row(run: Any) -> dict[str, Any]:
+    """One trial's flat record; a run without medgrid's tags and params is an older schema."""
+    tags, params, info = run.data.tags, dict(run.data.params), run.info
+    where = f"run {info.run_id} ('{info.run_name}')"
+    if "study" not in tags:
+        raise UserError(f"{where} has no 'study' tag; expected trial runs written by this "
+                        "version of `medgrid tune` (older schema?)")
+    absent = [k for k in TrialConfig.model_fields if k not in params]
+    if absent:
+        raise UserError(f"{where} lacks param '{absent[0]}'; expected every TrialConfig "
+                        "field as a param (older schema?)")
+    for key in (*INT_PARAMS, *FLOAT_PARAMS):
+        try:
+            params[key] = int(params[key]) if key in INT_PARAMS else float(params[key])
+        except ValueError:
+            raise UserError(f"{where}: param {key} = {params[key]!r}; expected a number") from None
+    end = info.end_time if info.status != "RUNNING" else None
+    return {
+        **params, "study": tags["study"], "run_id": info.run_id, "run_name": info.run_name,
+        "status": info.status, "diverged": tags.get("diverged") == "true",
+        **{k: float(v) for k, v in run.data.metrics.items()},
+        "duration_s": (end - info.start_time) / 1000 if end and info.start_time else np.nan,
+        "attempt": tags.get("medgrid.attempt", ""), "node": tags.get("node", ""),
+        "error": tags.get("medgrid.error", ""),
+    }
+
+
+def _missing_row(config: TrialConfig, name: str) -> dict[str, Any]:
+    return {**config.model_dump(), "run_id": "", "run_name": name, "status": "MISSING",
+            "diverged": False}
+
+
+def planned_trials(sweep: SweepInfo) -> dict[str, TrialConfig]:
+    """The sweep's planned trials by run name, when its space file is still there unchanged
+    (else {}: the report then compares the run count with the parent's n_trials)."""
+    space = Path(sweep.tags.get("space_file", ""))
+    if not sweep.tags.get("space_file") or not space.is_file():
+        return {}
+    try:
+        loaded = load_space(space)
+    except UserError:
+        return {}
+    if loaded.content_sha256 != sweep.tags.get("space_sha256"):
+        return {}
+    cap = sweep.params.get("override.epochs_cap")
+    plans = {}
+    for trial in expand(loaded):
+        config = trial.config
+        if cap is not None and config.epochs > int(cap):
+            config = config.model_copy(update={"epochs": int(cap)})
+        plans[trial.name] = config
+    return plans
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in a fixed, readable order: who, config, final metrics, bookkeeping."""
+    for column in (*METRICS, *TAIL_COLUMNS):
+        if column not in frame:
+            frame[column] = np.nan if column in METRICS or column == "duration_s" else ""
+    known = {*LEAD_COLUMNS, *CONFIG_PARAMS, *METRICS, *TAIL_COLUMNS}
+    others = sorted(c for c in frame.columns if c not in known)
+    metric_like = [c for c in others if "/" in c]  # metrics beyond the standard ones
+    params = [c for c in others if c not in metric_like]
+    order = [*LEAD_COLUMNS, *CONFIG_PARAMS, *params, *METRICS, *metric_like, *TAIL_COLUMNS]
+    frame = frame[order].copy()
+    for column in ("attempt", "node", "error"):
+        frame[column] = frame[column].fillna("")
+    frame["diverged"] = frame["diverged"].fillna(False).astype(bool)
+    return frame.reset_index(drop=True)
+
+
+def fetch_histories(client: MlflowClient, run_ids: Iterable[str], keys: Iterable[str]
+                    ) -> dict[str, pd.DataFrame]:
+    """Per-epoch metrics of each run (index: epoch, one column per key), fetched concurrently."""
+    run_ids, keys = list(dict.fromkeys(run_ids)), list(keys)
+
+    def one(run_id: str) -> pd.DataFrame:
+        columns = {}
+        for key in keys:
+            points = client.get_metric_history(run_id, key)
+            columns[key] = pd.Series({p.step: p.value for p in points}, dtype=float)
+        return pd.DataFrame(columns).sort_index()
+
+    try:
+        with ThreadPoolExecutor(HISTORY_THREADS) as pool:
+            return dict(zip(run_ids, pool.map(one, run_ids), strict=True))
+    except MlflowException as exc:
+        raise UserError(f"MLflow at {client.tracking_uri}: {_first_line(exc)}") from exc
+
+
+def add_train_time(frame: pd.DataFrame, client: MlflowClient, studies: Iterable[str]
+                   ) -> pd.DataFrame:
+    """`train_time_s` (the sum of `epoch_time_s` over epochs) for the trials of `studies`."""
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("epoch_time_s") + 1, "train_time_s", np.nan)
+    chosen = frame["study"].isin(list(studies)) & (frame["status"] == "FINISHED")
+    histories = fetch_histories(client, frame.loc[chosen, "run_id"], ["epoch_time_s"])
+    for index in frame.index[chosen]:
+        history = histories[frame.at[index, "run_id"]]
+        frame.at[index, "train_time_s"] = float(history["epoch_time_s"].sum())
+    return frame
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
