@@ -320,8 +320,7 @@ def mean_perceptron_criterion(logits: np.ndarray, y: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- factory
 
-# Options of TrialConfig that only the torch models implement, with the value meaning "off".
-# batch_size is not listed: the numpy models always train one sample at a time and ignore it.
+# batch_size does not apply: the numpy models always train one sample at a time.
 _FACTORIES: dict[str, Callable[[TrialConfig, Splits, np.dtype], _NumpyLearner]] = {
     "numpy_perceptron": lambda c, d, t: Perceptron(d, c.learning_rate, c.seed, t),
     "numpy_logreg": lambda c, d, t: LogisticRegression(d, c.learning_rate, c.seed, t),
