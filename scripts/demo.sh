@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXPERIMENT=${EXPERIMENT:-medgrid-demo}
-EPOCHS=${EPOCHS:-4}          # quick mode: every trial capped at this many epochs
-LIMIT_TRAIN=${LIMIT_TRAIN:-4000}  # ... and trained on a seeded subset of this many images
+EPOCHS=${EPOCHS:-5}          # quick mode: every trial capped at this many epochs
+LIMIT_TRAIN=${LIMIT_TRAIN:-20000}  # ... and trained on a seeded subset of this many images
 OUT=${OUT:-demo_report}
 
 cache="${MEDGRID_DATA_DIR:-$HOME/.medmnist}"
@@ -16,7 +16,7 @@ if [ -f "$cache/octmnist.npz" ] || medgrid data fetch --timeout 5; then
 else
   data="data/demo_synthetic.npz"
   mkdir -p data
-  [ -f "$data" ] || medgrid data synth --out "$data" --train 8000 --val 1500 --test 1000 --seed 0
+  [ -f "$data" ] || medgrid data synth --out "$data" --train 20000 --val 3000 --test 1000 --seed 0
   cat <<BANNER
 ==================================================================================
 == OCTMNIST is not available here (no cache, no network): this demo runs on the
