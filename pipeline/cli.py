@@ -116,6 +116,10 @@ def _add_boolean(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- tune
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from pipeline.tracking_server import is_remote, require_server
+
+    if is_remote(args.tracking_uri):  # before the ~4 s of importing Ray, MLflow and torch
+        require_server(args.tracking_uri)
     from pipeline.sweep import SweepOptions, run_sweep
 
     options = SweepOptions(

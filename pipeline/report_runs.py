@@ -23,9 +23,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.config import TrialConfig, expand, load_space
 from pipeline.errors import UserError
-from pipeline.tracking_server import wait_healthy
+from pipeline.tracking_server import is_remote, require_server
 
-SERVER_TIMEOUT_S = 10.0
 INT_PARAMS = ("seed", "epochs", "batch_size", "hidden_size", "layers")
 FLOAT_PARAMS = ("learning_rate", "dropout", "l2_decay")
 CONFIG_PARAMS = tuple(k for k in TrialConfig.model_fields if k not in ("study", "seed"))
@@ -65,11 +64,8 @@ class SweepInfo:
 
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, after checking that the store or server is there to be read."""
-    if uri.startswith(("http://", "https://")):
-        if not wait_healthy(uri.rstrip("/"), SERVER_TIMEOUT_S):
-            raise UserError(f"MLflow tracking server {uri} is unreachable (no answer to /health "
-                            f"within {SERVER_TIMEOUT_S:.0f} s); expected a running server")
-        return MlflowClient(uri.rstrip("/"))
+    if is_remote(uri):
+        return MlflowClient(require_server(uri))
     if uri.startswith("sqlite:///"):
         # The client would create an empty store for a missing file: reading must not.
         path = Path(urllib.parse.unquote(uri[len("sqlite:///"):]).split("?")[0])

@@ -22,11 +22,10 @@ from pipeline import tune as tuning
 from pipeline.config import PlannedTrial, TrialConfig, expand, load_space
 from pipeline.data import Splits
 from pipeline.errors import UserError
-from pipeline.tracking_server import LocalTrackingServer, wait_healthy
+from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
 from pipeline.trial import run_trial
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SERVER_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,12 +113,9 @@ def subsample_train(splits: Splits, n: int) -> Splits:
 def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]:
     """An HTTP tracking URI for the sweep: the user's server, or a private one over a local store.
 
-    A server that does not answer within 10 s is a user error, raised before any trial launches.
+    A user's server is checked by `run_sweep` before the data is loaded.
     """
-    if uri.startswith(("http://", "https://")):
-        if not wait_healthy(uri.rstrip("/"), SERVER_TIMEOUT_S):
-            raise UserError(f"MLflow tracking server {uri} is unreachable (no answer to /health "
-                            f"within {SERVER_TIMEOUT_S:.0f} s); expected a running server")
+    if is_remote(uri):
         yield uri.rstrip("/")
         return
     backend = _absolute_sqlite(uri)
@@ -151,6 +147,8 @@ def run_sweep(space: Path, options: SweepOptions,
     """Run (or resume) the sweep in `space`; 0 when every trial finished, 1 when some failed."""
     sweep_name, content_hash, plans = plan_trials(space, options.epochs)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
+        require_server(options.tracking_uri)
     splits = load_data(options)
     identity = splits.identity
     if identity.name != "octmnist":

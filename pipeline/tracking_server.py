@@ -23,6 +23,9 @@ from types import TracebackType
 from pipeline.errors import UserError
 
 _PR_SET_PDEATHSIG = 1
+# How long a user's server gets to answer before medgrid gives up: long enough for a blip,
+# short enough that a wrong URI fails in seconds rather than after MLflow's request retries.
+REMOTE_TIMEOUT_S = 5.0
 
 
 def _die_with_parent() -> None:
@@ -52,6 +55,21 @@ def wait_healthy(url: str, timeout: float) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def is_remote(uri: str) -> bool:
+    """Whether `uri` names a tracking server (rather than a store medgrid opens itself)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def require_server(uri: str, timeout: float | None = None) -> str:
+    """`uri` without a trailing slash, once its `/health` answers; a `UserError` otherwise."""
+    url = uri.rstrip("/")
+    timeout = REMOTE_TIMEOUT_S if timeout is None else timeout
+    if not wait_healthy(url, timeout):
+        raise UserError(f"MLflow tracking server {uri} is unreachable (no answer to /health "
+                        f"within {timeout:.0f} s); expected a running server")
+    return url
 
 
 class LocalTrackingServer:

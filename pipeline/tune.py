@@ -8,6 +8,8 @@ log. Nothing assumes the driver's filesystem.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -29,6 +31,10 @@ from pipeline.trial import EpochCallback, TrialResult, run_trial
 
 TrialFunction = Callable[[TrialConfig, Splits, EpochCallback], TrialResult]
 PROGRESS_KEYS = ("train/loss", "val/acc")
+# MLflow credentials: a worker on another node runs with the environment of its `ray start`, not
+# the driver's, so the driver's values travel to each trial with its other parameters (through
+# the object store; Ray's runtime_env would write them into its agent's log on every node).
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class TrackingTarget:
     parent_run_id: str
     params: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ def _train(config: dict[str, Any], data: Splits, plans: Mapping[str, TrialConfig
     """Ray Tune's function trainable: one trial, tracked in its own MLflow child run."""
     name = config["name"]
     trial_config = plans[name]
+    os.environ.update(tracking.credentials)  # MlflowClient reads them from the environment
     client = MlflowClient(tracking.uri)
     done = finished_trial(client, tracking.experiment_id, tracking.parent_run_id, name)
     if done is not None:  # finished before the driver died; don't train or log it twice
@@ -149,6 +157,8 @@ def build_trainable(data: Splits, plans: Mapping[str, TrialConfig], tracking: Tr
     """The trainable with shared objects put into the object store once, and its resources."""
     models = {name: config.model for name, config in plans.items()}
     check_resources_fit([resources.for_model(m) for m in set(models.values())])
+    credentials = {name: os.environ[name] for name in CREDENTIAL_ENV if os.environ.get(name)}
+    tracking = dataclasses.replace(tracking, credentials=credentials)
     trainable = tune.with_parameters(_train, data=data, plans=plans, tracking=tracking,
                                      trial_fn=trial_fn)
 

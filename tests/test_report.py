@@ -12,7 +12,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipeline import report_runs
+from pipeline import tracking_server
 from pipeline.cli import main
 from pipeline.config import PlannedTrial, expand, load_space
 from pipeline.tracking_server import free_port
@@ -258,7 +258,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(store, case: str, tmp_path: 
 
 def test_unreachable_server_and_missing_store_are_user_errors(tmp_path: Path, capsys,
                                                               monkeypatch) -> None:
-    monkeypatch.setattr(report_runs, "SERVER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(tracking_server, "REMOTE_TIMEOUT_S", 0.5)
     out = tmp_path / "out"
     for uri in (f"http://127.0.0.1:{free_port()}", f"sqlite:///{tmp_path / 'absent.db'}"):
         assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 2
