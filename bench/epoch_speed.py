@@ -136,19 +136,11 @@ def numpy_measurements(data: Splits, seed: int) -> dict[str, float]:
     }
 
 
-# ======================= TORCH SECTION: owned by bench/torch_speed.py (another engineer) ========
-# Contract (as torch_speed.py defines it): `torch_measurements(device: str, n_train: int) -> dict`
-# returns JSON-ready figures on its own random data of that size. Without that file: "skipped".
 def torch_section(device: str, n_train: int) -> dict:
-    """The torch figures, or why there are none."""
-    try:
-        import torch_speed  # bench/ is on sys.path when this file runs as a script
-    except ModuleNotFoundError as exc:
-        if exc.name != "torch_speed":
-            raise
-        return {"skipped": "bench/torch_speed.py does not exist yet"}
+    """The torch figures of bench/torch_speed.py, on its own random data of the same size."""
+    import torch_speed  # bench/ is on sys.path when this file runs as a script
+
     return torch_speed.torch_measurements(device, n_train)
-# ======================= END TORCH SECTION ======================================================
 
 
 def main(argv: list[str] | None = None) -> None:
