@@ -175,6 +175,8 @@ def run_sweep(space: Path, options: SweepOptions,
               f"(experiment '{options.experiment}', parent run {parent_id})", flush=True)
         tuning.init_ray(options.ray_address, options.num_cpus)
         trainable = tuning.build_trainable(splits, plans, target, resources, trial_fn)
+        # The object store holds the data now; the driver's own copy would sit idle all sweep.
+        del splits
         try:
             if options.resume:
                 outcomes = tuning.restore(trainable, ray_path)

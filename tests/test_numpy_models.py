@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, DatasetIdentity, Splits, add_bias
 from pipeline.errors import UserError
+from pipeline.models import numpy_math as nmath
 from pipeline.models import numpy_models as nm
 from pipeline.train import fit
 
@@ -40,10 +41,10 @@ def config(model: str, **overrides) -> TrialConfig:
     return TrialConfig(**values)
 
 
-def random_mlp(rng: np.random.Generator, d: int = 12, hidden: int = 9) -> nm.MLPParams:
+def random_mlp(rng: np.random.Generator, d: int = 12, hidden: int = 9) -> nmath.MLPParams:
     """Float64 parameters centred on zero, so both sides of the ReLU are exercised."""
-    return nm.MLPParams(rng.standard_normal((hidden, d)), rng.standard_normal(hidden),
-                        rng.standard_normal((N_CLASSES, hidden)), rng.standard_normal(N_CLASSES))
+    return nmath.MLPParams(rng.standard_normal((hidden, d)), rng.standard_normal(hidden),
+                           rng.standard_normal((N_CLASSES, hidden)), rng.standard_normal(N_CLASSES))
 
 
 def assert_close_relative(actual: np.ndarray, expected: np.ndarray, tol: float = 1e-6) -> None:
@@ -60,7 +61,7 @@ def test_mlp_gradients_equal_torch_autograd() -> None:
     for _ in range(5):
         params = random_mlp(rng)
         x, y = rng.random(12), int(rng.integers(N_CLASSES))
-        loss, grads = nm.mlp_gradients(params, x, y)
+        loss, grads = nmath.mlp_gradients(params, x, y)
 
         t = {k: torch.tensor(v, requires_grad=True) for k, v in params.as_dict().items()}
         hidden = torch.relu(t["W1"] @ torch.tensor(x) + t["b1"])
@@ -80,7 +81,7 @@ def test_logreg_gradients_equal_torch_autograd() -> None:
     for _ in range(5):
         W, b = rng.standard_normal((N_CLASSES, 12)), rng.standard_normal(N_CLASSES)
         x, y = rng.random(12), int(rng.integers(N_CLASSES))
-        loss, grads = nm.logreg_gradients(W, b, x, y)
+        loss, grads = nmath.logreg_gradients(W, b, x, y)
 
         tW, tb = (torch.tensor(a, requires_grad=True) for a in (W, b))
         t_loss = torch.nn.functional.cross_entropy((tW @ torch.tensor(x) + tb)[None],
@@ -95,7 +96,7 @@ def test_logreg_gradients_equal_torch_autograd() -> None:
 def test_softmax_is_stable_for_large_logits() -> None:
     z = np.array([1000.0, 0.0, -1000.0, 999.0])
     dz = np.empty(4)
-    loss = nm.softmax_xent(z.copy(), 1, dz)
+    loss = nmath.softmax_xent(z.copy(), 1, dz)
     assert loss == pytest.approx(1000.0 + np.log1p(np.exp(-1.0)))
     assert np.all(np.isfinite(dz)) and dz.sum() == pytest.approx(0.0, abs=1e-12)
 
@@ -131,7 +132,7 @@ def test_mlp_sgd_step_equals_reference_step() -> None:
     params = random_mlp(rng)
     expected = {k: v.copy() for k, v in params.as_dict().items()}
     x, y = rng.random(12), 2
-    loss = nm.mlp_sgd_step(params, x, y, 0.05, nm.Workspace(9, np.float64))
+    loss = nmath.mlp_sgd_step(params, x, y, 0.05, nmath.Workspace(9, np.float64))
     assert loss == pytest.approx(reference_mlp_step(expected, x, y, 0.05), rel=1e-12)
     for name, array in params.as_dict().items():
         np.testing.assert_allclose(array, expected[name], rtol=1e-12, atol=1e-14)
@@ -142,7 +143,7 @@ def test_logreg_sgd_step_equals_reference_step() -> None:
     W, b = rng.standard_normal((N_CLASSES, 12)), rng.standard_normal(N_CLASSES)
     expected = np.hstack([W, b[:, None]])
     x, y = rng.random(12), 1
-    loss = nm.logreg_sgd_step(W, b, x, y, 0.1, nm.Workspace(0, np.float64))
+    loss = nmath.logreg_sgd_step(W, b, x, y, 0.1, nmath.Workspace(0, np.float64))
     assert loss == pytest.approx(reference_logreg_step(expected, np.append(x, 1.0), y, 0.1))
     np.testing.assert_allclose(np.hstack([W, b[:, None]]), expected, rtol=1e-12, atol=1e-14)
 
@@ -284,9 +285,9 @@ def test_evaluation_agrees_with_the_per_sample_math(model: str) -> None:
     learner.train_epoch()
     result = learner.evaluate("val")
     x = data.x_val.astype(np.float64)
-    ws = nm.Workspace(200, np.float64)
+    ws = nmath.Workspace(200, np.float64)
     if model == "numpy_mlp":
-        losses = [nm.mlp_backprop(learner.params, xi, int(yi), ws)
+        losses = [nmath.mlp_backprop(learner.params, xi, int(yi), ws)
                   for xi, yi in zip(x, data.y_val, strict=True)]
         hidden = np.maximum(x @ learner.params.W1.T + learner.params.b1, 0)
         logits = hidden @ learner.params.W2.T + learner.params.b2
