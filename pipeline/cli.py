@@ -45,9 +45,9 @@ def _nonnegative_int(text: str) -> int:
 
 # ----------------------------------------------------------------------------- data
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from pipeline import data
+    from pipeline import data_source
 
-    path = data.fetch(args.dir or data.default_cache_dir(), timeout=args.timeout)
+    path = data_source.fetch(args.dir or data_source.default_cache_dir(), timeout=args.timeout)
     print(f"octmnist.npz verified and saved to {path}")
     return 0
 

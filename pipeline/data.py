@@ -1,25 +1,17 @@
-"""OCTMNIST on disk: locate, fetch (+MD5), load and check MedMNIST's npz, and preprocess it the
-homework's way (flatten to 784 features, divide by 256) into train/val/test splits."""
+"""MedMNIST's npz format read and checked, and preprocessed the homework's way (flatten to 784
+features, divide by 256) into train/val/test splits. Finding and downloading the file:
+`pipeline.data_source`."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.client
-import importlib.util
-import os
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import BinaryIO
 
 import numpy as np
 
+from pipeline import data_source
 from pipeline.errors import UserError
 
 N_CLASSES = 4
@@ -61,106 +53,9 @@ def add_bias(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ MedMNIST facts
 SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
-FILE_NAME = "octmnist.npz"
 IMAGE_SHAPE = (28, 28)
 # The homework's test subset: the first n test images of each class 0..3, in class order.
 HW1_TEST_PER_CLASS = (182, 55, 42, 250)
-SYNTH_HINT = "or use the synthetic stand-in: medgrid data synth --out FILE"
-
-
-@functools.lru_cache(maxsize=1)
-def _medmnist_info() -> ModuleType:
-    """MedMNIST's `info` module (URLs, MD5s, default root), without its package __init__.
-
-    `import medmnist.info` runs medmnist/__init__.py, which imports torch and the dataset
-    classes (2 s, and noise on stdout when torchvision is broken); info.py itself is plain data.
-    """
-    spec = importlib.util.find_spec("medmnist")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / "info.py"
-        if path.is_file():
-            file_spec = importlib.util.spec_from_file_location("_medgrid_medmnist_info", path)
-            if file_spec and file_spec.loader:
-                module = importlib.util.module_from_spec(file_spec)
-                file_spec.loader.exec_module(module)
-                return module
-    import medmnist.info  # layout changed: fall back to the ordinary (slower) import
-
-    return medmnist.info
-
-
-def octmnist_info() -> dict:
-    """MedMNIST's metadata for OCTMNIST (url, MD5, sizes)."""
-    return _medmnist_info().INFO["octmnist"]
-
-
-def default_cache_dir() -> Path:
-    """Where octmnist.npz lives: $MEDGRID_DATA_DIR if set, else MedMNIST's root ~/.medmnist."""
-    env = os.environ.get("MEDGRID_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.medmnist").expanduser()
-
-
-def file_md5(path: Path) -> str:
-    """Hex MD5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------- fetch
-def fetch(
-    dest_dir: Path, *, url: str | None = None, md5: str | None = None, timeout: float = 10.0
-) -> Path:
-    """Download octmnist.npz into `dest_dir`, check its MD5 and move it into place atomically."""
-    info = octmnist_info()
-    url = url or info["url"]
-    md5 = md5 or info["MD5"]
-    dest_dir = Path(dest_dir)
-    target = dest_dir / FILE_NAME
-    if target.is_file() and file_md5(target) == md5:
-        return target
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create data directory {dest_dir}: {exc.strerror}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".part", dir=dest_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            got = _download(url, out, timeout=timeout, target=target)
-        if got != md5:
-            raise UserError(
-                f"downloaded {url} has MD5 {got}, expected {md5}: the download is corrupt "
-                f"or the file changed upstream; nothing was saved to {target}"
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is normally world-readable
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def _download(url: str, out: BinaryIO, *, timeout: float, target: Path) -> str:
-    """Stream `url` into `out`; the MD5 of what was written. Network trouble -> UserError."""
-    digest = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        # URLError's str() wraps its reason in "<urlopen error ...>"; HTTPError's has the code.
-        reason = exc.reason if type(exc) is urllib.error.URLError else exc
-        raise UserError(
-            f"cannot download {url} ({type(exc).__name__}: {reason}); place MedMNIST's "
-            f"{FILE_NAME} at {target} by hand, {SYNTH_HINT}"
-        ) from None
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- read+check
@@ -171,11 +66,11 @@ def read_npz(path: Path, *, expect_octmnist: bool = False) -> dict[str, np.ndarr
     for split in SPLITS:
         _check_split(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
     if expect_octmnist:
-        expected = octmnist_info()["MD5"]
-        got = file_md5(path)
+        expected = data_source.octmnist_info()["MD5"]
+        got = data_source.file_md5(path)
         if got != expected:
             raise UserError(
-                f"{path}: MD5 {got} is not MedMNIST's {FILE_NAME} ({expected}); "
+                f"{path}: MD5 {got} is not MedMNIST's {data_source.FILE_NAME} ({expected}); "
                 "download it again with: medgrid data fetch"
             )
     return arrays
@@ -239,7 +134,7 @@ def load_splits(path: Path, *, test_split: str = "hw1", name: str | None = None)
     x_test, y_test = arrays["test_images"], arrays["test_labels"].reshape(-1)
     if test_split == "hw1":
         x_test, y_test = _hw1_subset(path, x_test, y_test)
-    md5 = file_md5(path)
+    md5 = data_source.file_md5(path)
     identity = DatasetIdentity(
         name=name or _identify(path, md5),
         md5=md5,
@@ -288,7 +183,7 @@ def _hw1_subset(
 
 def _identify(path: Path, md5: str) -> str:
     """'octmnist' for MedMNIST's file, 'synthetic' for ours, else the file's stem."""
-    if md5 == octmnist_info()["MD5"]:
+    if md5 == data_source.octmnist_info()["MD5"]:
         return "octmnist"
     try:
         with zipfile.ZipFile(path) as archive:
@@ -301,29 +196,11 @@ def _identify(path: Path, md5: str) -> str:
     return path.stem
 
 
-# ------------------------------------------------------------------------------ locate
-def resolve_data_path(data: Path | None) -> Path:
-    """The explicit file if given (must exist), else the cached octmnist.npz if present."""
-    if data is not None:
-        data = Path(data)
-        if not data.is_file():
-            raise UserError(f"data file {data} does not exist (expected an npz in MedMNIST's "
-                            "format)")
-        return data
-    cached = default_cache_dir() / FILE_NAME
-    if cached.is_file():
-        return cached
-    raise UserError(
-        f"no data file given and {cached} does not exist: run `medgrid data fetch` (or place "
-        f"MedMNIST's {FILE_NAME} there), pass --data FILE, {SYNTH_HINT}"
-    )
-
-
 def describe(path: Path, *, expect_octmnist: bool = False) -> str:
     """Human-readable summary: file, MD5, and per split shape, dtype and class counts."""
     path = Path(path)
     arrays = read_npz(path, expect_octmnist=expect_octmnist)
-    md5 = file_md5(path)
+    md5 = data_source.file_md5(path)
     which = {"octmnist": "MedMNIST's octmnist.npz", "synthetic": "medgrid's synthetic stand-in"}
     what = which.get(_identify(path, md5), "not MedMNIST's octmnist.npz")
     lines = [f"file: {path}", f"md5:  {md5} ({what})"]

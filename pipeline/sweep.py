@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline import __version__, data, tracking
+from pipeline import __version__, data, data_source, tracking
 from pipeline import tune as tuning
 from pipeline.config import PlannedTrial, TrialConfig, expand, load_space
 from pipeline.data import Splits
@@ -82,17 +82,17 @@ def load_data(options: SweepOptions) -> Splits:
     if options.dataset not in ("octmnist", "synthetic"):
         raise UserError(f"--dataset {options.dataset!r}; expected octmnist or synthetic")
     if options.data is not None:
-        path = data.resolve_data_path(options.data)
+        path = data_source.resolve_data_path(options.data)
     elif options.dataset == "synthetic":
         from pipeline import synthetic
 
-        path = data.default_cache_dir() / "synthetic_octmnist.npz"
+        path = data_source.default_cache_dir() / "synthetic_octmnist.npz"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             print(f"[medgrid] writing the full-size synthetic stand-in to {path}", flush=True)
             synthetic.synthesize(path, seed=0)
     else:
-        path = data.resolve_data_path(None)
+        path = data_source.resolve_data_path(None)
     splits = data.load_splits(path, test_split=options.test_split)
     if options.limit_train is not None:
         splits = subsample_train(splits, options.limit_train)

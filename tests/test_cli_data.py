@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import data
+from pipeline import data, data_source
 from pipeline.cli import main
 
 
@@ -32,7 +32,7 @@ def test_synth_into_missing_directory_exits_2(tmp_path: Path, capsys) -> None:
 def test_info_prints_summary(tiny_npz: Path, capsys) -> None:
     assert main(["data", "info", str(tiny_npz)]) == 0
     out = capsys.readouterr().out
-    assert data.file_md5(tiny_npz) in out and "250 / 250 / 250 / 250" in out
+    assert data_source.file_md5(tiny_npz) in out and "250 / 250 / 250 / 250" in out
 
 
 def test_info_octmnist_flag_rejects_synthetic_file(tiny_npz: Path, capsys) -> None:
@@ -46,8 +46,8 @@ def test_fetch_unreachable_exits_2_with_both_remedies(tmp_path: Path, monkeypatc
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    info = dict(data.octmnist_info(), url=f"http://127.0.0.1:{port}/octmnist.npz")
-    monkeypatch.setattr(data, "octmnist_info", lambda: info)
+    info = dict(data_source.octmnist_info(), url=f"http://127.0.0.1:{port}/octmnist.npz")
+    monkeypatch.setattr(data_source, "octmnist_info", lambda: info)
     code = main(["data", "fetch", "--dir", str(tmp_path), "--timeout", "2"])
     assert code == 2
     err = capsys.readouterr().err

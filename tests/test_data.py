@@ -1,21 +1,14 @@
-"""The data layer: MedMNIST's npz format checks, MD5, the homework's splits, locating and
-fetching the file (against a local HTTP server, never the network)."""
+"""The data layer: MedMNIST's npz format checks, the MD5 check of the real file, the homework's
+splits, and the summary `medgrid data info` prints."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import shutil
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline import data
+from pipeline import data, data_source
 from pipeline.errors import UserError
 
 SPLIT_SIZES = {"train": 12, "val": 8, "test": 8}
@@ -127,20 +120,16 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- MD5
-def test_file_md5_matches_hashlib(tiny_npz: Path) -> None:
-    assert data.file_md5(tiny_npz) == hashlib.md5(tiny_npz.read_bytes()).hexdigest()
-
-
 def test_expect_octmnist_rejects_other_md5(tiny_npz: Path) -> None:
     with pytest.raises(UserError) as excinfo:
         data.read_npz(tiny_npz, expect_octmnist=True)
-    assert_one_line_error(excinfo, str(tiny_npz), "MD5", data.octmnist_info()["MD5"])
+    assert_one_line_error(excinfo, str(tiny_npz), "MD5", data_source.octmnist_info()["MD5"])
 
 
 def pretend_octmnist(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     """Make MedMNIST's published MD5 equal this file's."""
-    info = dict(data.octmnist_info(), MD5=data.file_md5(path))
-    monkeypatch.setattr(data, "octmnist_info", lambda: info)
+    info = dict(data_source.octmnist_info(), MD5=data_source.file_md5(path))
+    monkeypatch.setattr(data_source, "octmnist_info", lambda: info)
 
 
 def test_file_with_medmnists_md5_is_octmnist(tiny_npz: Path, monkeypatch) -> None:
@@ -159,7 +148,7 @@ def test_load_splits_preprocesses_like_the_homework(tiny_npz: Path, tiny_splits)
     np.testing.assert_array_equal(s.y_val, raw["val_labels"][:, 0])
     assert 0 <= s.x_train.min() and s.x_train.max() < 1
     assert s.identity == data.DatasetIdentity(
-        name="synthetic", md5=data.file_md5(tiny_npz), test_split="hw1",
+        name="synthetic", md5=data_source.file_md5(tiny_npz), test_split="hw1",
         n_train=400, n_val=100, n_test=529)
 
 
@@ -202,93 +191,10 @@ def test_identity_name_defaults_to_stem_and_can_be_given(tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- locate
-def test_default_cache_dir(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("MEDGRID_DATA_DIR", str(tmp_path / "cache"))
-    assert data.default_cache_dir() == tmp_path / "cache"
-    monkeypatch.delenv("MEDGRID_DATA_DIR")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert data.default_cache_dir() == tmp_path / ".medmnist"
-
-
-def test_resolve_data_path(monkeypatch, tmp_path: Path, tiny_npz: Path) -> None:
-    monkeypatch.setenv("MEDGRID_DATA_DIR", str(tmp_path))
-    assert data.resolve_data_path(tiny_npz) == tiny_npz
-    with pytest.raises(UserError, match="does not exist"):
-        data.resolve_data_path(tmp_path / "absent.npz")
-    with pytest.raises(UserError) as excinfo:
-        data.resolve_data_path(None)
-    assert_one_line_error(excinfo, "medgrid data fetch", "medgrid data synth")
-    shutil.copy(tiny_npz, tmp_path / "octmnist.npz")
-    assert data.resolve_data_path(None) == tmp_path / "octmnist.npz"
-
-
 def test_describe_lists_shapes_counts_and_md5(tiny_npz: Path) -> None:
     text = data.describe(tiny_npz)
     counts = np.bincount(data.read_npz(tiny_npz)["train_labels"][:, 0], minlength=4)
-    assert data.file_md5(tiny_npz) in text
+    assert data_source.file_md5(tiny_npz) in text
     assert "(400, 28, 28) uint8" in text
     assert " / ".join(str(c) for c in counts) in text
     assert "250 / 250 / 250 / 250" in text
-
-
-# --------------------------------------------------------------------------------- fetch
-@pytest.fixture
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_npz: Path) -> Iterator[str]:
-    """URL of tiny_npz on a throwaway HTTP server on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("server")
-    shutil.copy(tiny_npz, root / "octmnist.npz")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/octmnist.npz"
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/octmnist.npz"
-
-
-def test_fetch_saves_verified_file(tmp_path: Path, served: str, tiny_npz: Path) -> None:
-    dest = tmp_path / "cache" / "nested"
-    path = data.fetch(dest, url=served, md5=data.file_md5(tiny_npz), timeout=5)
-    assert path == dest / "octmnist.npz"
-    assert path.read_bytes() == tiny_npz.read_bytes()
-    assert [p.name for p in dest.iterdir()] == ["octmnist.npz"]
-
-
-def test_fetch_wrong_md5_leaves_nothing(tmp_path: Path, served: str) -> None:
-    with pytest.raises(UserError) as excinfo:
-        data.fetch(tmp_path, url=served, md5="0" * 32, timeout=5)
-    assert_one_line_error(excinfo, "MD5", "0" * 32)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_fetch_server_down_says_what_to_do(tmp_path: Path) -> None:
-    url = closed_port_url()
-    with pytest.raises(UserError) as excinfo:
-        data.fetch(tmp_path, url=url, md5="0" * 32, timeout=2)
-    assert_one_line_error(excinfo, url, str(tmp_path / "octmnist.npz"), "medgrid data synth")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_fetch_missing_url_is_an_error(tmp_path: Path, served: str) -> None:
-    with pytest.raises(UserError, match="404"):
-        data.fetch(tmp_path, url=served.replace("octmnist", "nothing"), md5="0" * 32, timeout=5)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_fetch_skips_download_when_file_is_already_there(tmp_path: Path, tiny_npz: Path) -> None:
-    shutil.copy(tiny_npz, tmp_path / "octmnist.npz")
-    # A closed port: the call succeeds only if it never touches the network.
-    path = data.fetch(tmp_path, url=closed_port_url(), md5=data.file_md5(tiny_npz), timeout=2)
-    assert path == tmp_path / "octmnist.npz"

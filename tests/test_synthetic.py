@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import data, synthetic
+from pipeline import data, data_source, synthetic
 from pipeline.errors import UserError
 
 SMALL = {"n_train": 60, "n_val": 30, "n_test": 20}
@@ -57,7 +57,7 @@ def test_given_sizes_keep_octmnist_proportions(tmp_path: Path) -> None:
 
 
 def test_default_sizes_are_octmnists() -> None:
-    samples = data.octmnist_info()["n_samples"]
+    samples = data_source.octmnist_info()["n_samples"]
     for split in data.SPLITS:
         assert sum(synthetic.split_counts(split, None)) == samples[split]
     assert synthetic.split_counts("test", None) == (250, 250, 250, 250)
