@@ -13,16 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_data import assert_one_line_error
 
 from pipeline import data_source
 from pipeline.errors import UserError
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 def test_file_md5_matches_hashlib(tiny_npz: Path) -> None:
