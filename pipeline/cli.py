@@ -214,7 +214,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the "
                         "experiment's latest sweep)")
     report.add_argument("--out", type=Path, default=Path("report_out"),
-                        help="output directory, replaced as a whole (default: report_out)")
+                        help="output directory: new, empty, or an earlier medgrid report (which is "
+                        "replaced); never a folder holding other files (default: report_out)")
     report.add_argument("--reference", type=Path, help="published numbers to set beside the "
                         "measured ones (default: the repository's reference/hw1.csv)")
     report.add_argument("--no-log", action="store_true", help="don't log the report as "

@@ -17,13 +17,13 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import __version__
 from pipeline.errors import UserError
+from pipeline.report_output import check_out_dir, staged_directory
 from pipeline.report_plots import CURVE_KEYS, plot_study, plot_train_time
 from pipeline.report_reference import DEFAULT_REFERENCE, load_reference
 from pipeline.report_render import (
     ReportDocument,
     render_html,
     render_markdown,
-    staged_directory,
     write_csvs,
 )
 from pipeline.report_runs import (
@@ -73,6 +73,7 @@ class ReportResult:
 
 def make_report(options: ReportOptions) -> ReportResult:
     """Write the report of one sweep into `options.out`; nothing is left half-written."""
+    check_out_dir(options.out)  # before reading anything: a bad --out fails in a second
     reference_path = options.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_file()
                                            else None)
     reference = load_reference(reference_path) if reference_path else None

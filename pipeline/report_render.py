@@ -1,24 +1,17 @@
 """The report's files: summary.csv, one CSV per table, report.md and a self-contained
-report.html (figures embedded as data URIs), written into a staging directory that replaces
-`--out` only once everything is there.
+report.html (figures embedded as data URIs); `report_output` decides where they may go.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.errors import UserError
 from pipeline.report_tables import ReportTable, measured
 
 LABELS = {"train/acc": "train acc", "val/acc": "val acc", "test/acc": "test acc",
@@ -35,37 +28,6 @@ class ReportDocument:
     method: list[str]
     tables: list[ReportTable]
     figures: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # key: [(png, caption)]
-
-
-@contextmanager
-def staged_directory(out: Path) -> Iterator[Path]:
-    """A fresh directory beside `out` that becomes `out` on success and vanishes on error."""
-    out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; expected a directory to write the report into")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot write beside it ({exc.strerror or exc}); "
-                        "expected a writable directory") from exc
-    stage.chmod(0o755)  # mkdtemp's 0700 would make the finished report private
-    try:
-        yield stage
-        if out.exists():  # swap the old report out only after the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-            try:
-                os.rename(stage, out)
-            except OSError:
-                os.rename(old / out.name, out)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_csvs(trials: pd.DataFrame, tables: list[ReportTable], directory: Path) -> None:

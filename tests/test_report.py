@@ -216,14 +216,55 @@ def test_report_is_logged_to_the_sweeps_parent_run(store, report: Path) -> None:
 
 def test_rerun_replaces_the_old_report_and_a_failed_one_keeps_it(store, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
     args = ["report", "--tracking-uri", store["uri"], "--out", str(out), "--no-log"]
     assert main(args) == 0
-    assert not (out / "stale.txt").exists() and (out / "report.html").is_file()
+    first = (out / "report.html").stat().st_mtime_ns
+    assert main(args) == 0  # an earlier medgrid report is replaced as a whole
+    assert (out / "report.html").stat().st_mtime_ns >= first and (out / "summary.csv").is_file()
     assert main([*args, "--reference", str(tmp_path / "nope.csv")]) == 2
     assert (out / "report.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left behind
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
+
+
+FOREIGN_OUT = {
+    "a folder of the user's": lambda tmp: tmp / "mine",
+    "the current directory": lambda tmp: Path("."),
+    "a parent of the current directory": lambda tmp: Path(".."),
+    "a file": lambda tmp: tmp / "mine" / "notes.txt",
+    "a report with a file the user added": lambda tmp: tmp / "added",
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_OUT)
+def test_out_never_touches_what_medgrid_did_not_write(store, case: str, tmp_path: Path,
+                                                      capsys, monkeypatch) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    (tmp_path / "mlflow.db").write_text("not really a store, but precious")
+    assert main(["report", "--tracking-uri", store["uri"], "--out", str(tmp_path / "added"),
+                 "--no-log"]) == 0
+    (tmp_path / "added" / "my_analysis.py").write_text("print('mine')")
+    monkeypatch.chdir(tmp_path / "mine")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    out = FOREIGN_OUT[case](tmp_path)
+    assert main(["report", "--tracking-uri", store["uri"], "--out", str(out), "--no-log"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medgrid: error: --out ") and err.count("\n") == 1, err
+    assert _tree(tmp_path) == before  # every file still there, nothing staged beside
+
+
+def test_an_empty_or_new_directory_receives_the_report(store, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "nested"):
+        assert main(["report", "--tracking-uri", store["uri"], "--out", str(out),
+                     "--no-log"]) == 0
+        assert (out / "report.html").is_file() and (out / ".medgrid-report.json").is_file()
 
 
 def _old_schema(store) -> list[str]:
