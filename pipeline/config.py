@@ -4,22 +4,62 @@ expansion of a sweep into the list of trials it runs.
 A study file reads as a small table of choices: scalars under `params` are fixed, lists are a grid
 over their values, `variants` are alternatives tried one at a time (e.g. "none / L2 / dropout"),
 and `seeds` repeats the whole grid per seed. A sweep file lists study files under `include`.
+
+Sampled search (no Ray here: this module only describes it; `pipeline.tune` builds the Ray
+objects). A value under `params` may also be a one-key mapping naming a distribution:
+
+- `{loguniform: [low, high]}`: floats, 0 < low < high, uniform in log space.
+- `{uniform: [low, high]}`: floats, low < high.
+- `{randint: [low, high]}`: integers, low < high; `high` is EXCLUDED, as in Ray's
+  `tune.randint`: `{randint: [1, 4]}` draws 1, 2 or 3.
+- `{choice: [v1, v2, ...]}`: one of the listed values (a non-empty list).
+
+Both ends of a range (for randint low and high - 1, for choice every value) must be values the
+parameter accepts, and integer fields (epochs, batch_size, hidden_size, layers) take only randint
+or choice. A distribution needs a `search` block with `algorithm: random` or `optuna` and
+`num_samples`; `metric` (one of `REPORTED_METRICS`, default `val/acc`) and `mode` (default `max`)
+say what is best, `seed` seeds the searcher (default 0). Random search may mix lists (Ray repeats
+the grid for each of the `num_samples`); optuna cannot grid, so it takes distributions only. A
+sampled study runs one seed and at most one variant. An optional `scheduler: {asha: {...}}` stops
+poor trials early on the search block's metric and mode, and `checkpoint_every` (epochs, 0 = off,
+default 1) says how often a trial saves a checkpoint.
+
+A sweep file includes either grid studies only, or exactly one sampled study and nothing else. It
+has one search block (that of its sampled study, else the grid default, which its grid studies
+must share), one scheduler or none (every included study names the same one, or none does) and
+one `checkpoint_every` (the sweep file's own, which applies to every study, else the value its
+studies share).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import UserError
 
 ModelName = Literal["numpy_perceptron", "numpy_logreg", "numpy_mlp", "torch_logreg", "torch_ffn"]
+Metric = Literal["val/acc", "val/loss", "train/acc", "train/loss"]
+DistributionKind = Literal["loguniform", "uniform", "randint", "choice"]
+
+# The metrics every trial reports each epoch: what a search or a scheduler may optimise.
+REPORTED_METRICS: tuple[str, ...] = get_args(Metric)
+DISTRIBUTIONS: tuple[str, ...] = get_args(DistributionKind)
 
 # Short names for the run name, e.g. "q2_lr lr=0.1 seed=42".
 _SHORT = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2", "hidden_size": "hidden"}
@@ -63,10 +103,89 @@ class TrialConfig(BaseModel):
 
 
 TRIAL_KEYS = frozenset(TrialConfig.model_fields) - {"study", "model", "seed"}
+# Integer fields: only randint or choice can sample them.
+INT_KEYS = frozenset(k for k in TRIAL_KEYS if TrialConfig.model_fields[k].annotation is int)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A sampled parameter, as written under `params`: `kind` with `low`/`high` (ranges; for
+    randint `high` is excluded, as in Ray) or `values` (choice; `low` and `high` are None)."""
+
+    kind: DistributionKind
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple[Any, ...] = ()
+
+    def ends(self) -> list[tuple[str, Any]]:
+        """The extreme values it can draw, labelled: both bounds, or every choice."""
+        if self.kind == "choice":
+            return [("choice value", v) for v in self.values]
+        if self.kind == "randint":
+            return [("low bound", self.low), ("largest value (high - 1)", int(self.high) - 1)]
+        return [("low bound", self.low), ("high bound", self.high)]
+
+    def __str__(self) -> str:
+        args = list(self.values) if self.kind == "choice" else [self.low, self.high]
+        return _spell({self.kind: args})
+
+
+class SearchSpec(BaseModel):
+    """How trials are picked: every grid point (`grid`), or `num_samples` draws from the
+    distributions by Ray's random search or by Optuna, best by `metric` in `mode`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int | None = Field(default=None, ge=1, strict=True)
+    metric: Metric = "val/acc"
+    mode: Literal["max", "min"] = "max"
+    seed: int = Field(default=0, strict=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.algorithm == "grid" and self.num_samples is not None:
+            raise ValueError(f"search.num_samples = {self.num_samples}: a grid runs every "
+                             "combination once per seed; expected no num_samples, or "
+                             "search.algorithm random or optuna")
+        if self.algorithm != "grid" and self.num_samples is None:
+            raise ValueError(f"search.num_samples = None: {self.algorithm} search needs the "
+                             "number of trials to draw; expected an int >= 1")
+        better = "min" if self.metric.endswith("loss") else "max"
+        if self.mode != better:
+            raise ValueError(f"search.mode = {self.mode}: {self.metric} is better when "
+                             f"{'smaller' if better == 'min' else 'larger'}; "
+                             f"expected mode: {better}")
+        return self
+
+    @property
+    def sampled(self) -> bool:
+        """True for random or optuna search (the searcher picks the trials)."""
+        return self.algorithm != "grid"
+
+
+class AshaSpec(BaseModel):
+    """Ray's ASHA early stopping: trials run at least `grace_period` epochs, a rung keeps the best
+    1/`reduction_factor`, nothing runs past `max_t` epochs. `max_t` None (not written) means the
+    study's largest epochs; `load_space` fills it in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grace_period: int = Field(default=1, ge=1, strict=True)
+    reduction_factor: float = Field(default=2.0, gt=1)
+    max_t: int | None = Field(default=None, ge=1, strict=True)
+
+    @model_validator(mode="after")
+    def _grace_within_max_t(self) -> AshaSpec:
+        if self.max_t is not None and self.grace_period > self.max_t:
+            raise ValueError(f"scheduler.asha.grace_period = {self.grace_period}: more than "
+                             f"max_t = {self.max_t}; expected grace_period <= max_t")
+        return self
 
 
 class StudySpec(BaseModel):
-    """One study file: a model, fixed and gridded params, optional variants, seeds."""
+    """One study file: a model, fixed, gridded or sampled params, optional variants, seeds, and
+    how it is searched, stopped early and checkpointed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,8 +194,62 @@ class StudySpec(BaseModel):
     source: str = ""
     model: ModelName
     seeds: list[int] = Field(default=[42], min_length=1)
+    # value: a scalar (fixed), a list (grid) or a Distribution (sampled)
     params: dict[str, Any] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default=[{}], min_length=1)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: AshaSpec | None = None
+    checkpoint_every: int = Field(default=1, ge=0, strict=True)
+
+    @field_validator("params", mode="after")
+    @classmethod
+    def _distributions(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return {k: _parse_distribution(k, v) if isinstance(v, dict) else v
+                for k, v in params.items()}
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _named_scheduler(cls, value: Any) -> Any:
+        if value is None or isinstance(value, AshaSpec):
+            return value
+        expected = "expected {asha: {grace_period: 1, reduction_factor: 2, max_t: epochs}}"
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError(f"scheduler = {_spell(value)}: not one named scheduler; {expected}")
+        ((name, options),) = value.items()
+        if name != "asha":
+            raise ValueError(f"scheduler = {_spell(value)}: unknown scheduler {name!r}; "
+                             f"{expected}")
+        try:
+            return AshaSpec.model_validate({} if options is None else options)
+        except ValidationError as exc:
+            raise ValueError(_describe(exc, within="scheduler.asha")) from None
+
+    @model_validator(mode="after")
+    def _search_fits_params(self) -> StudySpec:
+        search = self.search
+        for key, value in self.params.items():
+            if isinstance(value, Distribution) and not search.sampled:
+                raise ValueError(f"params.{key} = {value}: a distribution needs sampled search; "
+                                 "expected a list (grid), or search: {algorithm: random | "
+                                 "optuna, num_samples: N}")
+            if isinstance(value, list) and search.algorithm == "optuna":
+                raise ValueError(f"params.{key} = {_spell(value)}: optuna cannot search a grid; "
+                                 f"expected a distribution: use {{choice: {_spell(value)}}}")
+        if not search.sampled:
+            return self
+        where = f"search.algorithm = {search.algorithm}"
+        if not any(isinstance(v, Distribution) for v in self.params.values()):
+            raise ValueError(f"{where}: no param is a distribution, so every sample would be the "
+                             "same; expected at least one {loguniform|uniform|randint|choice: "
+                             "[...]} under params")
+        if len(self.variants) > 1:
+            raise ValueError(f"variants = {_spell(self.variants)}: {where} samples one space; "
+                             "expected at most one variant (make the choice a param, e.g. "
+                             "{choice: [...]})")
+        if len(self.seeds) != 1:
+            raise ValueError(f"seeds = {self.seeds}: {where} runs one seed; expected exactly "
+                             "one seed (e.g. seeds: [42])")
+        return self
 
 
 @dataclass(frozen=True)
@@ -89,12 +262,22 @@ class PlannedTrial:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A loaded search space: its studies, the file it came from and a hash of its content."""
+    """A loaded search space: its studies, the file it came from and a hash of its content, and
+    the sweep-wide search block, scheduler (its `max_t` resolved) and checkpoint interval."""
 
     name: str
     path: Path
     content_sha256: str
     studies: tuple[StudySpec, ...]
+    search: SearchSpec = field(default_factory=SearchSpec)
+    scheduler: AshaSpec | None = None
+    checkpoint_every: int = 1
+
+    @property
+    def sampled_study(self) -> StudySpec | None:
+        """The sweep's one sampled (random or optuna) study, else None (a grid sweep)."""
+        sampled = [s for s in self.studies if s.search.sampled]
+        return sampled[0] if sampled else None
 
 
 def load_space(path: str | Path) -> Sweep:
@@ -102,14 +285,20 @@ def load_space(path: str | Path) -> Sweep:
     path = Path(path)
     raw = _read_yaml(path)
     digest = hashlib.sha256(path.read_bytes())
+    checkpoint_every: int | None = None
     if "include" in raw:
-        extra = set(raw) - {"name", "description", "include"}
+        extra = set(raw) - {"name", "description", "include", "checkpoint_every"}
         if extra:
-            raise UserError(f"{path}: unknown key '{sorted(extra)[0]}'; "
-                            "a sweep file has only name, description and include")
+            raise UserError(f"{path}: unknown key '{sorted(extra)[0]}'; a sweep file has only "
+                            "name, description, include and checkpoint_every")
         includes = raw["include"]
         if not isinstance(includes, list) or not includes:
             raise UserError(f"{path}: include = {includes!r}; expected a non-empty list of files")
+        if "checkpoint_every" in raw:
+            checkpoint_every = raw["checkpoint_every"]
+            if type(checkpoint_every) is not int or checkpoint_every < 0:
+                raise UserError(f"{path}: checkpoint_every = {checkpoint_every!r}: not a whole "
+                                "number of epochs; expected an int >= 0 (0 = no checkpoints)")
         studies = []
         for item in includes:
             child = path.parent / str(item)
@@ -120,16 +309,34 @@ def load_space(path: str | Path) -> Sweep:
         studies = [_load_study(path, raw)]
         name = studies[0].name
     _check_unique(path, [s.name for s in studies])
-    return Sweep(name, path, digest.hexdigest(), tuple(studies))
+    search = _sweep_search(path, studies, raw.get("include"))
+    scheduler = _sweep_scheduler(path, studies)
+    if checkpoint_every is None:
+        checkpoint_every = _shared(path, studies, "checkpoint_every",
+                                   "one checkpoint_every for the sweep: the same in every "
+                                   "study, or set once in the sweep file")
+    studies = [s.model_copy(update={
+        "checkpoint_every": checkpoint_every,
+        "scheduler": s.scheduler and _resolved(s.scheduler, _max_epochs(s)),
+    }) for s in studies]
+    return Sweep(name, path, digest.hexdigest(), tuple(studies), search, scheduler,
+                 checkpoint_every)
 
 
 def expand(sweep: Sweep) -> list[PlannedTrial]:
-    """Every trial of the sweep, in file order: grid x variants x seeds per study."""
+    """Every trial of a grid sweep, in file order: grid x variants x seeds per study.
+
+    A sampled sweep (random or optuna) returns []: its trials are drawn by the searcher while it
+    runs, so there is no list beforehand; use `sampled_space` for it.
+    """
     return [trial for study in sweep.studies for trial in expand_study(study)]
 
 
 def expand_study(study: StudySpec) -> list[PlannedTrial]:
-    """The trials of one study (configs were validated when the file was loaded)."""
+    """The trials of one grid study (configs were validated when the file was loaded); [] for a
+    sampled study."""
+    if study.search.sampled:
+        return []
     grid_keys = [k for k, v in study.params.items() if isinstance(v, list)]
     grid_values = [study.params[k] for k in grid_keys]
     trials = []
@@ -146,8 +353,151 @@ def expand_study(study: StudySpec) -> list[PlannedTrial]:
     return trials
 
 
+def sampled_space(study: StudySpec) -> dict[str, Any]:
+    """The study as one flat search space: `study`, `model` and `seed` fixed, then every
+    TrialConfig field the study sets (params in file order, then its one variant's values), each
+    a fixed value, a `list` (a grid) or a `Distribution`. Fields the study does not set keep
+    TrialConfig's defaults and are absent.
+
+    Raises ValueError for a study with several variants or seeds (a grid study: use
+    `expand_study`); a sampled study always has one of each.
+    """
+    if len(study.variants) > 1 or len(study.seeds) > 1:
+        raise ValueError(f"study {study.name} has {len(study.variants)} variants and "
+                         f"{len(study.seeds)} seeds; one search space needs one of each "
+                         "(use expand_study for a grid study)")
+    return {"study": study.name, "model": study.model, "seed": study.seeds[0],
+            **study.params, **study.variants[0]}
+
+
+def sampled_keys(study: StudySpec) -> list[str]:
+    """The params that vary (lists and distributions), in file order."""
+    return [k for k, v in study.params.items() if isinstance(v, (list, Distribution))]
+
+
+def config_from_values(study: StudySpec, values: Mapping[str, Any]) -> TrialConfig:
+    """The validated TrialConfig of one drawn point: the study's fixed values overlaid with
+    `values` (a flat dict such as Ray's trial config, keys among TrialConfig's fields; numpy
+    scalars are turned into plain Python values). Every varying key must have a value; `study`
+    and `model`, if given, must be the study's. Problems are a one-line UserError."""
+    where = f"study {study.name}"
+    merged = dict(sampled_space(study))
+    for key, value in values.items():
+        if key not in TrialConfig.model_fields:
+            raise UserError(f"{where}: unknown key '{key}' in the drawn values; expected "
+                            f"TrialConfig fields {sorted(TrialConfig.model_fields)}")
+        value = _plain(value)
+        if key in ("study", "model") and value != merged[key]:
+            raise UserError(f"{where}: {key} = {value!r} in the drawn values; "
+                            f"expected {merged[key]!r}")
+        merged[key] = value
+    for key, value in merged.items():
+        if isinstance(value, (list, Distribution)):
+            shown = value if isinstance(value, Distribution) else _spell(value)
+            raise UserError(f"{where}: {key} has no drawn value; expected one value from "
+                            f"{shown}")
+    try:
+        return TrialConfig(**merged)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {_describe(exc)}") from exc
+
+
+def trial_name(study: StudySpec, config: TrialConfig) -> str:
+    """The readable run name of a trial of `study`.
+
+    Sampled study: the study name, each varying key by its short name with the value rounded to
+    3 significant digits, then the seed, e.g. `explore_ffn lr=0.0316 dropout=0.12 l2=3.16e-05
+    seed=42`; two draws that agree to 3 digits get the same name (the tune layer may add the
+    trial id). Grid study: exactly the name `expand_study` gives that config (ValueError if the
+    config is not one of its trials).
+    """
+    if not study.search.sampled:
+        for trial in expand_study(study):
+            if trial.config == config:
+                return trial.name
+        raise ValueError(f"{config!r} is not one of study {study.name}'s planned trials")
+    label = [f"{_SHORT.get(k, k)}={_short_value(getattr(config, k))}"
+             for k in sampled_keys(study)]
+    return " ".join([study.name, *label, f"seed={config.seed}"])
+
+
 def _fmt(key: str, value: Any) -> str:
     return f"{_SHORT.get(key, key)}={value}"
+
+
+def _short_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the plain Python value (np.int64 -> int, np.float64 -> float)."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _spell(value: Any) -> str:
+    """A value as the user would write it in YAML, on one line: {uniform: [0.0, 1.0]}."""
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    except yaml.YAMLError:
+        return repr(value)
+    return text.removesuffix("\n...").strip()  # a lone scalar ends with YAML's "..."
+
+
+def _number(value: Any, integer: bool) -> int | float | None:
+    """A finite YAML number (text such as "1e-6", which YAML 1.1 leaves as a string, is read as
+    a float like pydantic does); None if it is not one. `integer`: ints only."""
+    if isinstance(value, bool):
+        return None
+    if integer:
+        return value if isinstance(value, int) else None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _parse_distribution(key: str, value: dict[Any, Any]) -> Distribution:
+    """`{kind: args}` under params.<key> as a Distribution; ValueError (one line) if invalid."""
+    where = f"params.{key} = {_spell(value)}"
+    if len(value) != 1:
+        raise ValueError(f"{where}: a mapping must name one distribution; expected one of "
+                         "{loguniform|uniform|randint|choice: [...]}")
+    ((kind, args),) = value.items()
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"{where}: unknown distribution {kind!r}; expected one of "
+                         f"{', '.join(DISTRIBUTIONS)}")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ValueError(f"{where}: choice needs a non-empty list of values; expected "
+                             "{choice: [v1, v2, ...]}")
+        return Distribution("choice", values=tuple(args))
+    expected = {"loguniform": "{loguniform: [low, high]} with numbers 0 < low < high",
+                "uniform": "{uniform: [low, high]} with numbers low < high",
+                "randint": "{randint: [low, high]} with integers low < high (high excluded)"}
+    expected_text = f"expected {expected[kind]}"
+    if key in INT_KEYS and kind != "randint":
+        raise ValueError(f"{where}: {key} is an integer and {kind} draws floats; expected "
+                         "{randint: [low, high]} or {choice: [...]}")
+    if not isinstance(args, list) or len(args) != 2:
+        raise ValueError(f"{where}: {kind} takes two bounds; {expected_text}")
+    low, high = (_number(a, integer=kind == "randint") for a in args)
+    if low is None or high is None:
+        what = "integers" if kind == "randint" else "finite numbers"
+        raise ValueError(f"{where}: the bounds are not {what}; {expected_text}")
+    if kind == "loguniform" and low <= 0:
+        raise ValueError(f"{where}: low bound {low} <= 0 has no logarithm; {expected_text}")
+    if low >= high:
+        raise ValueError(f"{where}: low bound {low} is not below high bound {high}; "
+                         f"{expected_text}")
+    return Distribution(kind, low, high)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -178,21 +528,116 @@ def _load_study(path: Path, raw: dict[str, Any]) -> StudySpec:
     for key, value in study.params.items():
         if isinstance(value, list) and not value:
             raise UserError(f"{path}: params.{key} = []; expected a value or a non-empty list")
-    # Validate every trial now, so that a bad value fails before anything launches.
+    # Validate every trial now, so that a bad value fails before anything launches; for a
+    # distribution, both ends of its range (or every choice).
     for seed in study.seeds:
         for variant in study.variants:
             for key, value in {**study.params, **variant}.items():
+                if isinstance(value, Distribution):
+                    for label, item in value.ends():
+                        _check_value(path, study, seed, key, item, (value, label))
+                    continue
                 for item in value if isinstance(value, list) else [value]:
                     _check_value(path, study, seed, key, item)
+    asha = study.scheduler
+    if asha is not None and asha.max_t is None and asha.grace_period > _max_epochs(study):
+        raise UserError(f"{path}: scheduler.asha.grace_period = {asha.grace_period}: more than "
+                        f"max_t = {_max_epochs(study)} (the study's epochs); expected "
+                        "grace_period <= max_t")
     return study
 
 
-def _check_value(path: Path, study: StudySpec, seed: int, key: str, value: Any) -> None:
-    base = {k: (v[0] if isinstance(v, list) else v) for k, v in study.params.items()}
+def _check_value(path: Path, study: StudySpec, seed: int, key: str, value: Any,
+                 sampled: tuple[Distribution, str] | None = None) -> None:
+    """Refuse `value` for `key` (a bound or choice of `sampled`, if given) with the study's other
+    params at a representative value. An error located at another key is left to that key's
+    own check, which always comes: the message then names the right key and value."""
+    base = {k: _representative(v) for k, v in study.params.items()}
     try:
         TrialConfig(study=study.name, model=study.model, seed=seed, **{**base, key: value})
     except ValidationError as exc:
-        raise UserError(f"{path}: {_describe(exc, prefix=key)}") from exc
+        errors = exc.errors()
+        mine = [e for e in errors if tuple(e["loc"]) == (key,)]
+        # a whole-config rule (e.g. an option the model lacks) names its own key and value
+        rule = [e for e in errors if not e["loc"] and e["type"] == "value_error"]
+        if not mine and not rule:
+            return
+        line = _describe(exc, prefix=key, err=(mine or rule)[0])
+        if sampled is not None and (mine or line.startswith(f"{key} = ")):
+            dist, label = sampled
+            raise UserError(f"{path}: params.{key} = {dist}: its {label} {value!r} is refused "
+                            f"({line}); expected a range every value of which {key} "
+                            "accepts") from exc
+        raise UserError(f"{path}: {line}") from exc
+
+
+def _representative(value: Any) -> Any:
+    """One value a param can take, to stand in for it while another key is checked."""
+    if isinstance(value, Distribution):
+        return value.ends()[0][1]
+    return value[0] if isinstance(value, list) else value
+
+
+def _max_epochs(study: StudySpec) -> int:
+    """The most epochs any trial of the study runs (ASHA's default max_t)."""
+    values: list[Any] = []
+    for source in [study.params, *study.variants]:
+        value = source.get("epochs")
+        if isinstance(value, Distribution):
+            values += [v for _, v in value.ends()]
+        elif isinstance(value, list):
+            values += value
+        elif value is not None:
+            values.append(value)
+    return max(int(float(v)) for v in values)
+
+
+def _resolved(asha: AshaSpec, max_epochs: int) -> AshaSpec:
+    return asha if asha.max_t is not None else asha.model_copy(update={"max_t": max_epochs})
+
+
+def _sweep_search(path: Path, studies: list[StudySpec], includes: Any) -> SearchSpec:
+    """The sweep's one search block: its sampled study's (then it is alone), else the grid
+    studies' common one."""
+    sampled = [s for s in studies if s.search.sampled]
+    if sampled and len(studies) > 1:
+        raise UserError(f"{path}: include = {_spell(includes)}: study '{sampled[0].name}' uses "
+                        f"{sampled[0].search.algorithm} search, which runs alone; expected grid "
+                        "studies only, or exactly one sampled study and nothing else")
+    return _shared(path, studies, "search",
+                   "one search block for the sweep: the same in every grid study")
+
+
+def _sweep_scheduler(path: Path, studies: list[StudySpec]) -> AshaSpec | None:
+    """The sweep's one scheduler (it stops trials of every study alike), max_t resolved to the
+    largest epochs of all its studies if not written."""
+    written = _shared(path, studies, "scheduler",
+                      "one scheduler for the sweep, as it stops trials of every study: the "
+                      "same in every included study, or none")
+    if written is None:
+        return None
+    return _resolved(written, max(_max_epochs(s) for s in studies))
+
+
+def _shared(path: Path, studies: list[StudySpec], key: str, remedy: str) -> Any:
+    """The value of `key` that every study has; one-line UserError naming the first two that
+    differ."""
+    first = getattr(studies[0], key)
+    for study in studies[1:]:
+        value = getattr(study, key)
+        if value != first:
+            raise UserError(f"{path}: {key} differs between studies ('{studies[0].name}': "
+                            f"{_show(first)}, '{study.name}': {_show(value)}); expected {remedy}")
+    return first
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, BaseModel):
+        written = value.model_dump(exclude_defaults=True)
+        return _spell(written) if written else "defaults"
+    return _spell(value)
 
 
 def _check_unique(path: Path, names: list[str]) -> None:
@@ -202,12 +647,18 @@ def _check_unique(path: Path, names: list[str]) -> None:
                         "expected unique study names")
 
 
-def _describe(exc: ValidationError, prefix: str | None = None) -> str:
-    """One line from pydantic's first error: key, offending value, what is expected."""
-    err = exc.errors()[0]
-    if err["type"] == "value_error" and not err["loc"]:  # a whole-config rule: says it all
+def _describe(exc: ValidationError, prefix: str | None = None, within: str = "",
+              err: Any = None) -> str:
+    """One line from pydantic's first error (or `err`, one of its errors): key, offending value,
+    what is expected.
+
+    Our own validators (type `value_error`) write the whole line themselves; `within` prefixes
+    the key path of an object validated on its own (e.g. "scheduler.asha")."""
+    err = err or exc.errors()[0]
+    if err["type"] == "value_error":  # one of our rules: its message says it all
         return str(err["ctx"]["error"])
-    key = ".".join(str(p) for p in err["loc"]) or (prefix or "?")
+    loc = ".".join(str(p) for p in err["loc"])
+    key = ".".join(p for p in (within, loc) if p) or (prefix or "?")
     value = err.get("input")
     if err["type"] == "missing":
         return f"missing key '{key}'"

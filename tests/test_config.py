@@ -1,4 +1,5 @@
-"""Search spaces: every shipped YAML loads and expands; bad files fail with one clear line."""
+"""Search spaces: every shipped YAML loads and expands (or, sampled, describes its space); bad
+files fail with one clear line; the homework grid keeps its trial names."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import TrialConfig, expand, load_space
+from pipeline.config import (
+    REPORTED_METRICS,
+    AshaSpec,
+    Distribution,
+    SearchSpec,
+    TrialConfig,
+    config_from_values,
+    expand,
+    expand_study,
+    load_space,
+    sampled_keys,
+    sampled_space,
+    trial_name,
+)
 from pipeline.errors import UserError
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -26,13 +40,62 @@ variants:
 """
 
 
+SAMPLED = """\
+name: samp
+model: torch_ffn
+params:
+  epochs: 4
+  batch_size: 16
+  learning_rate: {loguniform: [0.001, 1.0]}
+  dropout: 0.1
+search: {algorithm: random, num_samples: 5}
+"""
+
+# `medgrid tune search_spaces/hw1.yaml` ran these 16 trials before sampled search existed.
+HW1_NAMES = [
+    "q1_perceptron seed=42",
+    "q1_logreg lr=0.01 seed=42", "q1_logreg lr=0.001 seed=42",
+    "q1_mlp seed=42",
+    "q2_logreg lr=0.1 seed=42", "q2_logreg lr=0.01 seed=42", "q2_logreg lr=0.001 seed=42",
+    "q2_batch batch=16 seed=42", "q2_batch batch=1024 seed=42",
+    "q2_lr lr=1.0 seed=42", "q2_lr lr=0.1 seed=42", "q2_lr lr=0.01 seed=42",
+    "q2_lr lr=0.001 seed=42",
+    "q2_reg baseline seed=42", "q2_reg l2=0.0001 seed=42", "q2_reg dropout=0.2 seed=42",
+]
+
+
 @pytest.mark.parametrize("path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_space_loads_and_expands(path: Path) -> None:
     sweep = load_space(path)
     trials = expand(sweep)
+    if sweep.sampled_study is not None:  # drawn while it runs: no list beforehand
+        assert trials == [] and len(sweep.studies) == 1
+        assert sampled_keys(sweep.sampled_study)
+        return
     assert trials, f"{path.name} expands to no trial"
     assert all(isinstance(t.config, TrialConfig) for t in trials)
     assert len({t.name for t in trials}) == len(trials), "run names must be unique"
+
+
+def test_hw1_keeps_its_trial_names_and_configs() -> None:
+    sweep = load_space(SPACES / "hw1.yaml")
+    trials = expand(sweep)
+    assert [t.name for t in trials] == HW1_NAMES
+    by_name = {t.name: t.config for t in trials}
+    assert by_name["q1_perceptron seed=42"] == TrialConfig(
+        study="q1_perceptron", model="numpy_perceptron", seed=42, epochs=20, learning_rate=1.0)
+    assert by_name["q2_batch batch=1024 seed=42"] == TrialConfig(
+        study="q2_batch", model="torch_ffn", epochs=20, learning_rate=0.1, batch_size=1024,
+        layers=2)
+    assert by_name["q2_reg l2=0.0001 seed=42"] == TrialConfig(
+        study="q2_reg", model="torch_ffn", epochs=150, learning_rate=0.1, batch_size=256,
+        layers=2, l2_decay=1e-4)
+    # a grid sweep: default search block, no scheduler, a checkpoint every epoch
+    assert sweep.search == SearchSpec() and sweep.scheduler is None
+    assert sweep.checkpoint_every == 1 and sweep.sampled_study is None
+    # trial_name of a grid study is expand's name
+    study = next(s for s in sweep.studies if s.name == "q2_reg")
+    assert [trial_name(study, t.config) for t in expand_study(study)] == HW1_NAMES[-3:]
 
 
 def test_hw1_runs_every_homework_study() -> None:
@@ -121,3 +184,248 @@ def test_numpy_model_with_torch_only_option_is_rejected_at_load(tmp_path: Path) 
     with pytest.raises(UserError, match="dropout.*numpy_mlp") as info:
         load_space(space)
     assert str(space) in str(info.value)
+
+
+def _write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(UserError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_explore_ffn_is_an_optuna_study_with_asha() -> None:
+    sweep = load_space(SPACES / "explore_ffn.yaml")
+    study = sweep.sampled_study
+    assert study is not None and sweep.studies == (study,)
+    assert sweep.search == SearchSpec(algorithm="optuna", num_samples=24, metric="val/acc",
+                                      mode="max", seed=0)
+    assert sweep.scheduler == AshaSpec(grace_period=2, reduction_factor=2, max_t=20)
+    assert study.scheduler == sweep.scheduler and sweep.checkpoint_every == 1
+    assert sampled_keys(study) == ["learning_rate", "dropout", "l2_decay"]
+    space = sampled_space(study)
+    assert space == {"study": "explore_ffn", "model": "torch_ffn", "seed": 42, "epochs": 20,
+                     "batch_size": 16, "hidden_size": 200, "layers": 2, "activation": "relu",
+                     "optimizer": "sgd",
+                     "learning_rate": Distribution("loguniform", 0.001, 1.0),
+                     "dropout": Distribution("uniform", 0.0, 0.5),
+                     "l2_decay": Distribution("loguniform", 1e-6, 1e-2)}
+    assert expand(sweep) == []
+
+
+def test_config_from_values_and_trial_name() -> None:
+    np = pytest.importorskip("numpy")
+    study = load_space(SPACES / "explore_ffn.yaml").studies[0]
+    drawn = {"learning_rate": np.float64(0.031622776), "dropout": np.float64(0.123456),
+             "l2_decay": 3.1622776e-5}
+    config = config_from_values(study, drawn)
+    assert config.learning_rate == pytest.approx(0.031622776)
+    assert type(config.learning_rate) is float and config.epochs == 20 and config.layers == 2
+    assert trial_name(study, config) == "explore_ffn lr=0.0316 dropout=0.123 l2=3.16e-05 seed=42"
+    # Ray passes the whole config back, fixed values and numpy ints included
+    full = {**sampled_space(study), **drawn, "seed": np.int64(42), "batch_size": np.int64(16)}
+    again = config_from_values(study, full)
+    assert again == config and type(again.batch_size) is int and type(again.seed) is int
+
+
+DRAWN = {"learning_rate": 0.1, "dropout": 0.1, "l2_decay": 1e-4}
+BAD_VALUES = [
+    ("value outside the rule", {**DRAWN, "dropout": 1.0}, "dropout = 1.0"),
+    ("a range left undrawn", {"dropout": 0.1, "l2_decay": 1e-4}, "learning_rate"),
+    ("unknown key", {**DRAWN, "lr": 1}, "'lr'"),
+    ("another study", {**DRAWN, "study": "q2_lr"}, "study"),
+]
+
+
+@pytest.mark.parametrize("case,values,needle", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_config_from_bad_values_is_one_line(case: str, values: dict, needle: str) -> None:
+    study = load_space(SPACES / "explore_ffn.yaml").studies[0]
+    with pytest.raises(UserError) as info:
+        config_from_values(study, values)
+    message = str(info.value)
+    assert "\n" not in message and "explore_ffn" in message and needle in message
+
+
+def test_randint_excludes_its_high_bound(tmp_path: Path) -> None:
+    text = SAMPLED.replace("batch_size: 16", "layers: {randint: [1, 4]}")
+    study = load_space(_write(tmp_path, text)).studies[0]
+    layers = sampled_space(study)["layers"]
+    assert layers == Distribution("randint", 1, 4)
+    assert [v for _, v in layers.ends()] == [1, 3]  # 4 is never drawn
+    # the drawn int stays an int in the config and the name
+    config = config_from_values(study, {"learning_rate": 0.5, "layers": 3})
+    assert config.layers == 3 and trial_name(study, config) == "samp layers=3 lr=0.5 seed=42"
+    # torch_logreg allows hidden_size 200 only: [200, 201] draws 200; [200, 202] may draw 201
+    logreg = SAMPLED.replace("torch_ffn", "torch_logreg").replace("dropout: 0.1", "")
+    load_space(_write(tmp_path, logreg.replace("batch_size: 16",
+                                               "hidden_size: {randint: [200, 201]}")))
+    message = _one_line_error(_write(tmp_path, logreg.replace(
+        "batch_size: 16", "hidden_size: {randint: [200, 202]}")))
+    assert "hidden_size = 201" in message
+
+
+def test_random_search_mixes_grids_and_choices(tmp_path: Path) -> None:
+    text = SAMPLED.replace("batch_size: 16", "batch_size: [16, 64]").replace(
+        "dropout: 0.1", "activation: {choice: [relu, tanh]}\n  dropout: 0.1")
+    study = load_space(_write(tmp_path, text)).studies[0]
+    assert sampled_keys(study) == ["batch_size", "learning_rate", "activation"]
+    space = sampled_space(study)
+    assert space["batch_size"] == [16, 64] and space["dropout"] == 0.1
+    assert space["activation"] == Distribution("choice", values=("relu", "tanh"))
+    config = config_from_values(study, {"batch_size": 64, "learning_rate": 0.0123456,
+                                        "activation": "tanh"})
+    assert trial_name(study, config) == "samp batch=64 lr=0.0123 activation=tanh seed=42"
+
+
+def test_scheduler_on_a_grid_study_uses_the_default_metric(tmp_path: Path) -> None:
+    sweep = load_space(_write(tmp_path, STUDY + "scheduler: {asha: {}}\ncheckpoint_every: 0\n"))
+    assert sweep.search == SearchSpec() and sweep.search.metric in REPORTED_METRICS
+    assert sweep.scheduler == AshaSpec(grace_period=1, reduction_factor=2, max_t=3)
+    assert sweep.checkpoint_every == 0 and sweep.sampled_study is None
+    assert len(expand(sweep)) == 8
+
+
+S = SAMPLED
+BAD_SAMPLED = [
+    # distributions
+    ("unknown distribution", S.replace("{loguniform: [0.001, 1.0]}", "{normal: [0, 1]}"),
+     "normal"),
+    ("two distributions", S.replace("{loguniform: [0.001, 1.0]}",
+                                    "{uniform: [0.1, 0.2], loguniform: [0.1, 0.2]}"),
+     "params.learning_rate"),
+    ("one bound", S.replace("[0.001, 1.0]", "[0.001]"), "params.learning_rate"),
+    ("three bounds", S.replace("[0.001, 1.0]", "[0.001, 0.1, 1.0]"), "params.learning_rate"),
+    ("bounds not a list", S.replace("[0.001, 1.0]", "0.001"), "params.learning_rate"),
+    ("not numbers", S.replace("[0.001, 1.0]", "[small, big]"), "params.learning_rate"),
+    ("low above high", S.replace("[0.001, 1.0]", "[1.0, 0.001]"), "params.learning_rate"),
+    ("low equals high", S.replace("[0.001, 1.0]", "[0.1, 0.1]"), "params.learning_rate"),
+    ("loguniform from 0", S.replace("[0.001, 1.0]", "[0.0, 1.0]"), "<= 0"),
+    ("randint of floats", S.replace("batch_size: 16", "batch_size: {randint: [8.0, 64.5]}"),
+     "params.batch_size"),
+    ("empty randint", S.replace("batch_size: 16", "batch_size: {randint: [16, 16]}"),
+     "params.batch_size"),
+    ("empty choice", S.replace("batch_size: 16", "batch_size: {choice: []}"),
+     "params.batch_size"),
+    ("choice not a list", S.replace("batch_size: 16", "batch_size: {choice: 16}"),
+     "params.batch_size"),
+    ("range past the rule", S.replace("dropout: 0.1", "dropout: {uniform: [0.0, 1.0]}"),
+     "high bound 1.0"),
+    ("range below the rule", S.replace("{loguniform: [0.001, 1.0]}", "{uniform: [0.0, 1.0]}"),
+     "low bound 0.0"),
+    ("randint below the rule", S.replace("batch_size: 16", "batch_size: {randint: [0, 8]}"),
+     "low bound 0"),
+    ("bad choice", S.replace("dropout: 0.1", "activation: {choice: [relu, sigmoid]}"),
+     "sigmoid"),
+    ("uniform on an int", S.replace("batch_size: 16", "batch_size: {uniform: [16, 64]}"),
+     "randint"),
+    ("loguniform on an int", S.replace("epochs: 4", "epochs: {loguniform: [1, 10]}"),
+     "params.epochs"),
+    ("numpy model option", S.replace("torch_ffn", "numpy_mlp").replace(
+        "dropout: 0.1", "dropout: {uniform: [0.0, 0.5]}"), "numpy_mlp"),
+    # search block
+    ("distribution on a grid", S.replace("search: {algorithm: random, num_samples: 5}\n", ""),
+     "params.learning_rate"),
+    ("explicit grid", S.replace("algorithm: random, num_samples: 5", "algorithm: grid"),
+     "params.learning_rate"),
+    ("random without samples", S.replace(", num_samples: 5", ""), "search.num_samples"),
+    ("zero samples", S.replace("num_samples: 5", "num_samples: 0"), "num_samples"),
+    ("samples as a bool", S.replace("num_samples: 5", "num_samples: true"), "num_samples"),
+    ("grid with samples", STUDY + "search: {algorithm: grid, num_samples: 3}\n",
+     "search.num_samples"),
+    ("unknown algorithm", S.replace("algorithm: random", "algorithm: bayes"),
+     "search.algorithm"),
+    ("unreported metric", S.replace("num_samples: 5", "num_samples: 5, metric: val/f1"),
+     "search.metric"),
+    ("unknown mode", S.replace("num_samples: 5", "num_samples: 5, mode: best"), "search.mode"),
+    ("loss maximised", S.replace("num_samples: 5", "num_samples: 5, metric: val/loss"),
+     "search.mode"),
+    ("unknown search key", S.replace("num_samples: 5", "num_samples: 5, trials: 3"),
+     "search.trials"),
+    ("optuna grid", S.replace("algorithm: random", "algorithm: optuna").replace(
+        "batch_size: 16", "batch_size: [16, 64]"), "{choice"),
+    ("sampled variants", S + "variants: [{}, {l2_decay: 0.001}]\n", "variants"),
+    ("sampled seeds", S + "seeds: [1, 2]\n", "seeds"),
+    ("nothing sampled", S.replace("{loguniform: [0.001, 1.0]}", "[0.1, 0.01]"),
+     "search.algorithm"),
+    # scheduler
+    ("unknown scheduler", S + "scheduler: {hyperband: {max_t: 4}}\n", "hyperband"),
+    ("scheduler as a word", S + "scheduler: asha\n", "scheduler"),
+    ("grace period 0", S + "scheduler: {asha: {grace_period: 0}}\n",
+     "scheduler.asha.grace_period"),
+    ("reduction factor 1", S + "scheduler: {asha: {reduction_factor: 1}}\n",
+     "scheduler.asha.reduction_factor"),
+    ("max_t 0", S + "scheduler: {asha: {max_t: 0}}\n", "scheduler.asha.max_t"),
+    ("grace past max_t", S + "scheduler: {asha: {grace_period: 3, max_t: 2}}\n",
+     "scheduler.asha.grace_period"),
+    ("grace past epochs", S + "scheduler: {asha: {grace_period: 5}}\n", "max_t = 4"),
+    ("unknown asha key", S + "scheduler: {asha: {patience: 3}}\n", "scheduler.asha.patience"),
+    # checkpoints
+    ("negative checkpoint_every", S + "checkpoint_every: -1\n", "checkpoint_every"),
+    ("checkpoint_every as text", S + "checkpoint_every: often\n", "checkpoint_every"),
+    ("fractional checkpoint_every", STUDY + "checkpoint_every: 1.5\n", "checkpoint_every"),
+]
+
+
+@pytest.mark.parametrize("case,text,needle", BAD_SAMPLED, ids=[b[0] for b in BAD_SAMPLED])
+def test_bad_search_is_one_line_naming_file_and_key(tmp_path: Path, case: str, text: str,
+                                                    needle: str) -> None:
+    path = _write(tmp_path, text, "bad.yaml")
+    message = _one_line_error(path)
+    assert str(path) in message and needle in message
+
+
+GRID_B = STUDY.replace("name: tiny", "name: other").replace("epochs: 3", "epochs: 6")
+ASHA = "scheduler: {asha: {grace_period: 2}}\n"
+BAD_SWEEPS = [
+    ("grid and sampled", {"a.yaml": STUDY, "b.yaml": SAMPLED}, "", "one sampled study"),
+    ("two sampled", {"a.yaml": SAMPLED, "b.yaml": SAMPLED.replace("name: samp", "name: samp2")}, "",
+     "one sampled study"),
+    ("two schedulers", {"a.yaml": STUDY + ASHA,
+                        "b.yaml": GRID_B + ASHA.replace("2}", "3}")}, "", "scheduler"),
+    ("scheduler and none", {"a.yaml": STUDY + ASHA, "b.yaml": GRID_B}, "", "scheduler"),
+    ("two search blocks", {"a.yaml": STUDY,
+                           "b.yaml": GRID_B + "search: {metric: val/loss, mode: min}\n"},
+     "", "search"),
+    ("two checkpoint intervals", {"a.yaml": STUDY, "b.yaml": GRID_B + "checkpoint_every: 5\n"},
+     "", "checkpoint_every"),
+    ("bad sweep checkpoint_every", {"a.yaml": STUDY}, "checkpoint_every: -2\n",
+     "checkpoint_every"),
+    ("unknown sweep key", {"a.yaml": STUDY}, "scheduler: {asha: {}}\n", "scheduler"),
+]
+
+
+@pytest.mark.parametrize("case,files,extra,needle", BAD_SWEEPS, ids=[b[0] for b in BAD_SWEEPS])
+def test_bad_sweep_is_one_line(tmp_path: Path, case: str, files: dict[str, str], extra: str,
+                               needle: str) -> None:
+    for name, text in files.items():
+        _write(tmp_path, text, name)
+    sweep = _write(tmp_path, f"name: all\ninclude: {sorted(files)}\n{extra}", "all.yaml")
+    message = _one_line_error(sweep)
+    assert str(sweep) in message and needle in message
+
+
+def test_sweep_shares_its_scheduler_and_checkpoints(tmp_path: Path) -> None:
+    _write(tmp_path, STUDY + ASHA + "checkpoint_every: 2\n", "a.yaml")
+    _write(tmp_path, GRID_B + ASHA, "b.yaml")
+    sweep = load_space(_write(tmp_path, "name: all\ninclude: [a.yaml, b.yaml]\n"
+                              "checkpoint_every: 3\n", "all.yaml"))
+    # max_t: the largest epochs of the sweep; each study keeps its own
+    assert sweep.scheduler == AshaSpec(grace_period=2, max_t=6)
+    assert [s.scheduler.max_t for s in sweep.studies] == [3, 6]
+    # the sweep file's checkpoint_every applies to every study
+    assert sweep.checkpoint_every == 3 and {s.checkpoint_every for s in sweep.studies} == {3}
+    assert len(expand(sweep)) == 16
+
+
+def test_a_sweep_of_one_sampled_study(tmp_path: Path) -> None:
+    _write(tmp_path, SAMPLED + "scheduler: {asha: {max_t: 10}}\n", "samp.yaml")
+    sweep = load_space(_write(tmp_path, "name: s\ninclude: [samp.yaml]\n", "s.yaml"))
+    assert sweep.sampled_study is sweep.studies[0]
+    assert sweep.search == SearchSpec(algorithm="random", num_samples=5)
+    assert sweep.scheduler == AshaSpec(max_t=10) and expand(sweep) == []
