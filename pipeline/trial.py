@@ -2,17 +2,30 @@
 
 Knows nothing of Ray or MLflow: the caller passes `on_epoch` to observe progress (Tune reports,
 MLflow logging), so the same function runs in tests without either.
+
+Checkpoints: `run_trial(..., checkpoint_every=k, on_checkpoint=save)` hands `save` a
+`TrialCheckpoint` after every k-th epoch (epoch numbers count from the start of the trial, so a
+resumed trial keeps the cadence); `run_trial(..., resume_from=checkpoint)` continues from it.
+A trial resumed from the checkpoint of epoch k ends bitwise identical (weights, per-epoch metrics
+except `epoch_time_s`, test accuracy) to the uninterrupted trial, on CPU; see
+`pipeline.models.torch_models` for what holds on GPU.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, ClassVar
 
 import numpy as np
 
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, Splits
+from pipeline.errors import UserError
 from pipeline.models import build_learner
 from pipeline.train import EpochRecord, fit
 
@@ -37,6 +50,59 @@ class TrialResult:
         return {**last, "test/acc": self.test_acc}
 
 
+@dataclass
+class TrialCheckpoint:
+    """A trial after `epoch` epochs: the learner's complete training state
+    (`Learner.get_state`, numpy arrays only) and the epoch records so far (so that a resumed
+    trial's `TrialResult.history`, and the artifacts made from it, are complete).
+
+    On disk, a directory of two files, each written atomically (temporary file, then
+    `os.replace`): `state.npz` (`np.savez`, read back with `allow_pickle=False`: never a pickle)
+    and `history.json`. `load` refuses a directory whose two files disagree on the epoch (a save
+    interrupted between them).
+    """
+
+    epoch: int
+    learner_state: dict[str, np.ndarray]
+    history: list[EpochRecord]
+
+    STATE_FILE: ClassVar[str] = "state.npz"
+    HISTORY_FILE: ClassVar[str] = "history.json"
+
+    def save(self, directory: Path) -> None:
+        """Write `state.npz` and `history.json` into `directory` (created if missing)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomically(directory / self.STATE_FILE,
+                          lambda f: np.savez(f, allow_pickle=False, **self.learner_state))
+        history = {"epoch": self.epoch, "history": [asdict(record) for record in self.history]}
+        _write_atomically(directory / self.HISTORY_FILE,
+                          lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+    @classmethod
+    def load(cls, directory: Path) -> TrialCheckpoint:
+        """Read a checkpoint that `save` wrote; `UserError` if it is missing or inconsistent."""
+        directory = Path(directory)
+        state_path, history_path = directory / cls.STATE_FILE, directory / cls.HISTORY_FILE
+        try:
+            with np.load(state_path, allow_pickle=False) as npz:
+                state = {name: npz[name] for name in npz.files}
+            payload = json.loads(history_path.read_text())
+            epoch = int(payload["epoch"])
+            history = [EpochRecord(int(r["epoch"]), {k: float(v) for k, v in r["metrics"].items()},
+                                   bool(r["diverged"])) for r in payload["history"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"checkpoint {directory}: cannot be read ({error})") from None
+        done = _epochs_done(state)
+        if done != epoch:
+            raise UserError(f"checkpoint {directory}: {cls.STATE_FILE} is of epoch {done}, "
+                            f"{cls.HISTORY_FILE} of epoch {epoch} (a save was interrupted?)")
+        return cls(epoch, state, history)
+
+
+CheckpointCallback = Callable[[TrialCheckpoint], None]
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_CLASSES
                      ) -> np.ndarray:
     """Counts[true, predicted]."""
@@ -45,18 +111,82 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_
     )
 
 
-def run_trial(config: TrialConfig, data: Splits, on_epoch: EpochCallback | None = None
-              ) -> TrialResult:
-    """Train `config.model` on `data` for `config.epochs` epochs and test it once at the end."""
+def run_trial(config: TrialConfig, data: Splits, on_epoch: EpochCallback | None = None,
+              resume_from: TrialCheckpoint | None = None, *, checkpoint_every: int = 0,
+              on_checkpoint: CheckpointCallback | None = None) -> TrialResult:
+    """Train `config.model` on `data` for `config.epochs` epochs and test it once at the end.
+
+    `on_epoch(record)` is called after every epoch. With `checkpoint_every` = k > 0 and
+    `on_checkpoint`, `on_checkpoint(checkpoint)` is called after every epoch whose number is a
+    multiple of k, just BEFORE `on_epoch` of that same epoch (`checkpoint.history[-1]` is its
+    record), so a caller that reports metrics and checkpoint together (Ray Tune's
+    `report(metrics, checkpoint=...)`) can keep the checkpoint in `on_checkpoint` and attach it
+    in `on_epoch`. A checkpoint costs one copy of the learner's state (`Learner.get_state`) and
+    is only taken on those epochs; none is taken of a diverged epoch (training stops there).
+    A separate hook rather than a second argument to `on_epoch` keeps every existing
+    `EpochCallback` valid.
+
+    `resume_from`: a checkpoint of this trial (same config); the learner is restored from it and
+    training continues at epoch `resume_from.epoch + 1`, records numbered as in an uninterrupted
+    run, `result.history` starting with the checkpoint's records.
+    """
+    if checkpoint_every < 0:
+        raise UserError(f"checkpoint_every = {checkpoint_every}: expected >= 0 (0: never)")
     learner = build_learner(config, data)
     result = TrialResult(config)
-    for record in fit(learner, config.epochs):
+    start_epoch = 1
+    if resume_from is not None:
+        _check_resumable(resume_from, config)
+        learner.set_state(resume_from.learner_state)
+        result.history = list(resume_from.history)
+        start_epoch = resume_from.epoch + 1
+    for record in fit(learner, config.epochs, start_epoch):
         result.history.append(record)
+        result.diverged = record.diverged
+        if (on_checkpoint is not None and checkpoint_every and not record.diverged
+                and record.epoch % checkpoint_every == 0):
+            on_checkpoint(TrialCheckpoint(record.epoch, learner.get_state(),
+                                          list(result.history)))
         if on_epoch is not None:
             on_epoch(record)
-        result.diverged = record.diverged
     test = learner.evaluate("test")
     result.test_acc = test.acc
     result.confusion = confusion_matrix(data.y_test, test.predictions)
     result.weights = learner.state_dict()
     return result
+
+
+def _check_resumable(checkpoint: TrialCheckpoint, config: TrialConfig) -> None:
+    """`UserError` unless `checkpoint` can resume a trial of `config` (the learner checks its
+    own state when it is restored)."""
+    epoch = checkpoint.epoch
+    if not 0 <= epoch <= config.epochs:
+        raise UserError(f"checkpoint of epoch {epoch}: expected 0..{config.epochs} "
+                        f"(epochs = {config.epochs})")
+    numbers = [record.epoch for record in checkpoint.history]
+    if numbers != list(range(1, epoch + 1)) or any(r.diverged for r in checkpoint.history):
+        raise UserError(f"checkpoint of epoch {epoch}: its history has epochs {numbers} "
+                        f"(expected 1..{epoch}, none diverged)")
+    done = _epochs_done(checkpoint.learner_state)
+    if done != epoch:
+        raise UserError(f"checkpoint of epoch {epoch}: its learner state has done {done} epochs")
+
+
+def _epochs_done(state: dict[str, np.ndarray]) -> int | None:
+    """A learner state's `epochs_done`, or None if it has no such count."""
+    done = state.get("epochs_done")
+    if isinstance(done, np.ndarray) and done.shape == () and done.dtype.kind in "iu":
+        return int(done)
+    return None
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write `path` through a temporary file in its directory, then `os.replace` it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

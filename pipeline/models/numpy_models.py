@@ -8,12 +8,18 @@ homework's (4, 785) layout, bias in the last column.
 
 The training arrays may be shared read-only between processes (Ray's object store): nothing
 here writes into them or copies the whole training set.
+
+Training state (`get_state` / `set_state`, for per-epoch checkpoints): the parameter arrays in
+their native layout and dtype (`param/W`, `param/b`; the MLP's `param/W1` ... `param/b2`), the
+generator's state (`rng`, JSON text of `rng.bit_generator.state`: it draws each epoch's order),
+`kind` and `epochs_done`. The per-sample `Workspace` buffers are rewritten by every step and are
+not part of it. A restored learner continues bitwise as the saved one would have.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -29,7 +35,15 @@ from pipeline.models.numpy_math import (
     mlp_sgd_step,
     perceptron_step,
 )
-from pipeline.train import EpochLoss, Evaluation, Learner, Split
+from pipeline.train import (
+    EpochLoss,
+    Evaluation,
+    Learner,
+    Split,
+    check_state,
+    json_array,
+    read_json_array,
+)
 
 _EVAL_ROWS = 8192  # evaluation works in row blocks so its temporaries stay a few MB
 
@@ -49,6 +63,8 @@ class _NumpyLearner:
     benchmark can replay an epoch's order (`epoch_order(copy.deepcopy(learner.rng), n)`).
     """
 
+    kind = ""  # the model's registry name, recorded in and checked against a saved state
+
     def __init__(self, data: Splits, lr: float, seed: int, dtype: np.dtype, hidden: int = 0
                  ) -> None:
         self.data = data
@@ -56,6 +72,38 @@ class _NumpyLearner:
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         self.ws = Workspace(hidden, self.dtype)
+        self.epochs_done = 0
+
+    def _params(self) -> dict[str, np.ndarray]:
+        """The live parameter arrays by name (the ones training updates in place)."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters, the generator's state, `kind` and `epochs_done`."""
+        state = {"kind": np.array(self.kind), "epochs_done": np.array(self.epochs_done, np.int64),
+                 "rng": json_array(self.rng.bit_generator.state)}
+        state.update({f"param/{name}": array.copy() for name, array in self._params().items()})
+        return state
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore a `get_state` of this model, shapes and dtype in place; `UserError` (and
+        nothing changed) for any other state."""
+        params = self._params()
+        spec = {"rng": ((), str),
+                **{f"param/{name}": (a.shape, a.dtype) for name, a in params.items()}}
+        epochs_done = check_state(state, self.kind, spec)
+        rng_state = read_json_array(state, "rng")
+        expected = self.rng.bit_generator.state["bit_generator"]
+        if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != expected:
+            raise UserError(f"learner state 'rng': expected a {expected} generator state")
+        try:
+            self.rng.bit_generator.state = rng_state  # same generator object, new position
+        except (TypeError, ValueError, KeyError) as error:
+            raise UserError(f"learner state 'rng': not a valid {expected} state ({error})"
+                            ) from None
+        for name, array in params.items():
+            np.copyto(array, state[f"param/{name}"])
+        self.epochs_done = epochs_done
 
     def _step(self, x: np.ndarray, y: int) -> float:
         raise NotImplementedError
@@ -82,6 +130,7 @@ class _NumpyLearner:
                 total += step(x_all[i].astype(self.dtype) if convert else x_all[i], y)
                 if not math.isfinite(total):
                     break  # the weights are inf/NaN from here on: the rest is wasted time
+        self.epochs_done += 1
         return EpochLoss(mean=total / n if n else math.nan, total=total)
 
     def evaluate(self, split: Split) -> Evaluation:
@@ -111,6 +160,9 @@ class _LinearLearner(_NumpyLearner):
     def _logits(self, x: np.ndarray) -> np.ndarray:
         return x @ self.W.T + self.b
 
+    def _params(self) -> dict[str, np.ndarray]:
+        return {"W": self.W, "b": self.b}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """{"W": (4, 785)}: the homework's layout, bias in the last column."""
         return {"W": np.hstack([self.W, self.b[:, None]])}
@@ -123,6 +175,8 @@ class Perceptron(_LinearLearner):
     predictions are those of the homework's unscaled perceptron for any learning rate.
     """
 
+    kind = "numpy_perceptron"
+
     def _step(self, x: np.ndarray, y: int) -> float:
         return perceptron_step(self.W, self.b, x, y, self.lr, self.ws)
 
@@ -133,12 +187,16 @@ class Perceptron(_LinearLearner):
 class LogisticRegression(_LinearLearner):
     """Multinomial logistic regression, softmax cross-entropy, per-sample SGD."""
 
+    kind = "numpy_logreg"
+
     def _step(self, x: np.ndarray, y: int) -> float:
         return logreg_sgd_step(self.W, self.b, x, y, self.lr, self.ws)
 
 
 class MLP(_NumpyLearner):
     """One hidden ReLU layer, softmax cross-entropy, per-sample SGD, the homework's init."""
+
+    kind = "numpy_mlp"
 
     def __init__(self, data: Splits, lr: float, seed: int, hidden: int,
                  dtype: np.dtype = DEFAULT_DTYPE) -> None:
@@ -147,6 +205,9 @@ class MLP(_NumpyLearner):
 
     def _step(self, x: np.ndarray, y: int) -> float:
         return mlp_sgd_step(self.params, x, y, self.lr, self.ws)
+
+    def _params(self) -> dict[str, np.ndarray]:
+        return self.params.as_dict()
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         p = self.params

@@ -123,8 +123,46 @@ class AdamUpdate:
 
     def __init__(self, params: list[nn.Parameter], lr: float, weight_decay: float) -> None:
         on_cuda = params[0].device.type == "cuda"
-        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+        self.params = list(params)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
                                           foreach=True, capturable=on_cuda)
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        """The names of Adam's per-parameter state tensors."""
+        keys = ("step", "exp_avg", "exp_avg_sq")
+        return (*keys, "max_exp_avg_sq") if self.optimizer.defaults["amsgrad"] else keys
+
+    def get_state(self) -> list[dict[str, Tensor]] | None:
+        """Adam's live state tensors per parameter (in `params` order), or None before the
+        first step created them (the CUDA-graph capture creates them, then zeroes them)."""
+        states = [self.optimizer.state.get(p) for p in self.params]
+        if not all(states):
+            return None
+        return [{key: state[key] for key in self.state_keys} for state in states]
+
+    def set_state(self, values: list[dict[str, Tensor]] | None) -> None:
+        """Make Adam's state `values` (None: never stepped), in place wherever it exists, since
+        a captured CUDA graph reads and writes those very tensors. Shapes and dtypes are the
+        caller's to check (they are those of `get_state`)."""
+        if values is None:
+            self.reset()  # zero moments and steps behave exactly as Adam's lazy initial state
+            return
+        if self.get_state() is not None:
+            for p, value in zip(self.params, values, strict=True):
+                state = self.optimizer.state[p]
+                for key in self.state_keys:
+                    state[key].copy_(value[key])
+            return
+        # No state yet (eager learner, never stepped): create it through torch's own loading,
+        # which puts `step` where this optimizer keeps it; moments get the parameter's layout.
+        loaded = self.optimizer.state_dict()
+        loaded["state"] = {
+            i: {key: value[key] if key == "step" else
+                torch.zeros_like(p, memory_format=torch.preserve_format).copy_(value[key])
+                for key in self.state_keys}
+            for i, (p, value) in enumerate(zip(self.params, values, strict=True))}
+        self.optimizer.load_state_dict(loaded)
 
     def __call__(self) -> None:
         """Apply one update from the current gradients."""
@@ -162,7 +200,14 @@ class Batch:
 
 class EpochLoop:
     """Epochs over preloaded tensors: a seeded permutation per epoch, every sample once, the
-    last partial batch kept (as DataLoader(shuffle=True) does), loss summed on the device."""
+    last partial batch kept (as DataLoader(shuffle=True) does), loss summed on the device.
+
+    State carried from one epoch to the next (what a checkpoint must hold): the parameters,
+    the optimiser's state (`update`, Adam only) and `generator`. Everything else is rewritten
+    before it is read: the batch buffers and noise by `Batch.fill`, the gradient buffers by each
+    backward pass, `loss_sum` at the start of each epoch; the CUDA graph only holds addresses
+    (parameters, Adam state, batch buffers), so restoring those in place keeps it valid.
+    """
 
     def __init__(self, backprop: Backprop, update: AdamUpdate | None, x: Tensor,
                  y: Tensor, batch_size: int, generator: torch.Generator,

@@ -3,13 +3,27 @@ bound to their data, optimiser and seed as a `Learner`.
 
 Training runs in `torch_loop` (hand-written backprop over preloaded tensors); evaluation runs
 the modules themselves, in eval mode.
+
+Training state (`get_state` / `set_state`, for per-epoch checkpoints): the parameters by their
+torch names (`param/net.0.weight`, shape (out, in)), Adam's step counts and moments
+(`adam/<param>/<key>`; SGD has none), the state of the learner's one `torch.Generator` (`rng`:
+epoch order and dropout noise) and the generator's device type (`rng_device`), `kind` and
+`epochs_done`. All arrays are copied to the host (`.cpu()`), so the code is the same on any device.
+
+What holds: on CPU (tested) a restored learner continues bitwise as the saved one would have.
+On CUDA the same is expected for a learner restored on the same kind of device, in the same
+graph mode (CUDA graph or eager), with the same torch build: the generator's (Philox) state,
+parameters and Adam state (capturable: `step` on the device) are written into the captured
+tensors in place; the kernels in the step (GEMMs, index_select, one-index-per-row scatter_add,
+reductions) are deterministic run to run. Across devices nothing is guaranteed, and a state
+from another device type is refused (the CPU and CUDA generator states are incompatible).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -20,7 +34,7 @@ from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, N_FEATURES, Splits
 from pipeline.errors import UserError
 from pipeline.models.torch_loop import AdamUpdate, Backprop, EpochLoop, Sgd
-from pipeline.train import EpochLoss, Evaluation, Split
+from pipeline.train import EpochLoss, Evaluation, Split, check_kind, check_state
 
 EVAL_BATCH = 8192
 # CPU trials run single-threaded. At batch 16 the GEMMs are too small to split, and a sweep
@@ -108,6 +122,7 @@ class TorchLearner:
     def __init__(self, model: LogisticRegression | FeedforwardNetwork, config: TrialConfig,
                  data: Splits, device: torch.device, cuda_graph: bool) -> None:
         self.model, self.device = model, device
+        self.kind, self.epochs_done = config.model, 0
         self.splits = {split: (_tensor(getattr(data, f"x_{split}"), np.float32, device),
                                _tensor(getattr(data, f"y_{split}"), np.int64, device))
                        for split in ("train", "val", "test")}
@@ -125,7 +140,9 @@ class TorchLearner:
     def train_epoch(self) -> EpochLoss:
         """One pass over the training set in a fresh seeded order."""
         with _threads(self.threads):
-            return self.loop.run_epoch()
+            loss = self.loop.run_epoch()
+        self.epochs_done += 1
+        return loss
 
     def evaluate(self, split: Split) -> Evaluation:
         """Mean cross-entropy, accuracy and predictions on `split`, in eval mode (no dropout)."""
@@ -157,6 +174,72 @@ class TorchLearner:
         return {name: np.ascontiguousarray(value.detach().cpu().numpy())
                 for name, value in self.model.state_dict().items()}
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Host copies of the parameters, Adam's state, the generator's state, `kind` and
+        `epochs_done` (see the module docstring); each array is copied once."""
+        state = {"kind": np.array(self.kind), "epochs_done": np.array(self.epochs_done, np.int64),
+                 "rng": self.loop.generator.get_state().numpy(),  # get_state returns a copy
+                 "rng_device": np.array(self.loop.generator.device.type)}
+        for name, param in self.model.named_parameters():
+            state[f"param/{name}"] = _host_copy(param)
+        adam = self.loop.update.get_state() if self.loop.update is not None else None
+        if adam is not None:  # in the optimiser's order: that of model.parameters()
+            names = [name for name, _ in self.model.named_parameters()]
+            for name, values in zip(names, adam, strict=True):
+                state.update({f"adam/{name}/{key}": _host_copy(value)
+                              for key, value in values.items()})
+        return state
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore a `get_state` of this model (same architecture, optimiser and device type)
+        in place: `torch_loop.Backprop` holds transposed views of the weights and a CUDA graph
+        holds the addresses of the parameters and Adam's state, so nothing is rebound.
+        `UserError` (and nothing changed) for any other state."""
+        check_kind(state, self.kind)
+        device = self.loop.generator.device.type
+        saved_device = state.get("rng_device")
+        if isinstance(saved_device, np.ndarray) and saved_device.ndim == 0 and \
+                str(saved_device[()]) != device:
+            raise UserError(f"learner state is from a {saved_device[()]} generator; this "
+                            f"learner runs on {device} (a state resumes on its own device type)")
+        params = dict(self.model.named_parameters())
+        spec: dict[str, tuple[tuple[int, ...], object]] = {
+            "rng": (tuple(self.loop.generator.get_state().shape), np.uint8),
+            "rng_device": ((), str),
+            **{f"param/{name}": (tuple(p.shape), _numpy_dtype(p)) for name, p in params.items()}}
+        update = self.loop.update
+        with_adam = any(key.startswith("adam/") for key in state)
+        if update is not None and (with_adam or _claimed_epochs(state) > 0):
+            # Adam's state is required once it has stepped; before, it may be absent.
+            live = update.get_state()
+            for i, (name, p) in enumerate(params.items()):
+                for key in update.state_keys:
+                    spec[f"adam/{name}/{key}"] = (
+                        (tuple(live[i][key].shape), _numpy_dtype(live[i][key])) if live else
+                        ((), None) if key == "step" else (tuple(p.shape), _numpy_dtype(p)))
+        epochs_done = check_state(state, self.kind, spec)
+        try:  # first: the one step that can still refuse the state
+            self.loop.generator.set_state(torch.tensor(state["rng"]))
+        except RuntimeError as error:
+            raise UserError(f"learner state 'rng': not a valid {device} generator state "
+                            f"({error})") from None
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(torch.tensor(state[f"param/{name}"]))
+        if update is not None:
+            update.set_state([
+                {key: torch.tensor(state[f"adam/{name}/{key}"]) for key in update.state_keys}
+                for name in params] if with_adam else None)
+        self.epochs_done = epochs_done
+
+
+def _claimed_epochs(state: Mapping[str, np.ndarray]) -> int:
+    """`epochs_done` of a state if it reads as a count, else 0 (`check_state` says why)."""
+    done = state.get("epochs_done")
+    if isinstance(done, np.ndarray) and done.shape == () and done.dtype.kind in "iu":
+        return int(done)
+    return 0
+
 
 def _tensor(array: np.ndarray, dtype: type[np.generic], device: torch.device) -> Tensor:
     """`array` as a tensor: its own memory on CPU (no copy), a copy on another device.
@@ -170,6 +253,16 @@ def _tensor(array: np.ndarray, dtype: type[np.generic], device: torch.device) ->
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
                                 category=UserWarning)
         return torch.from_numpy(array).to(device)
+
+
+def _host_copy(tensor: Tensor) -> np.ndarray:
+    """A host (numpy) copy of `tensor`, in its memory order: one copy on any device."""
+    return tensor.detach().to("cpu", copy=True).numpy()
+
+
+def _numpy_dtype(tensor: Tensor) -> np.dtype:
+    """The numpy dtype of `tensor`'s elements."""
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
 @contextlib.contextmanager
