@@ -223,6 +223,31 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     report.set_defaults(func=_cmd_report)
 
 
+# ------------------------------------------------------------------------------- ui
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be <= 65535")
+    return value
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.ui import serve_ui
+
+    return serve_ui(args.tracking_uri, args.artifacts, args.port)
+
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    ui = sub.add_parser("ui", help="MLflow's UI over the project's store, on 127.0.0.1, opened "
+                        "on the latest sweep")
+    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                    help="the local store (default: sqlite:///mlflow.db)")
+    ui.add_argument("--artifacts", type=Path, default=Path("mlruns"),
+                    help="where the store's artifacts live (default: ./mlruns)")
+    ui.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1 (default 5000)")
+    ui.set_defaults(func=_cmd_ui)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `medgrid` argument parser."""
     parser = _Parser(prog="medgrid", description="The OCTMNIST homework as an experiment "
@@ -234,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_boolean(sub)
     _add_tune(sub)
     _add_report(sub)
+    _add_ui(sub)
     return parser
 
 

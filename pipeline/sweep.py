@@ -23,6 +23,7 @@ from pipeline.config import PlannedTrial, TrialConfig, expand, load_space
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
+from pipeline.tracking_store import absolute_sqlite, upgrade_proxied_artifacts
 from pipeline.trial import run_trial
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -118,18 +119,14 @@ def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]
     if is_remote(uri):
         yield uri.rstrip("/")
         return
-    backend = _absolute_sqlite(uri)
+    backend = absolute_sqlite(uri)
+    upgraded = upgrade_proxied_artifacts(backend, artifacts_dir)
+    if upgraded:
+        print(f"[medgrid] {upgraded} runs and experiments of an older medgrid now record their "
+              f"artifacts as file URIs under {artifacts_dir}/", flush=True)
     server = LocalTrackingServer(backend, artifacts_dir, log_dir / "mlflow-server.log")
     with server:
         yield server.url
-
-
-def _absolute_sqlite(uri: str) -> str:
-    """`sqlite:///mlflow.db` relative to where the user ran medgrid, made absolute."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
 
 
 def git_commit() -> str:

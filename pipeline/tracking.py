@@ -26,6 +26,9 @@ KIND_TAG = "medgrid.kind"  # "sweep" or "trial"
 SWEEP_TAG = "medgrid.sweep"
 KEY_TAG = "medgrid.trial_key"
 RAY_PATH_TAG = "medgrid.ray_experiment_path"
+# MLflow's UI opens an experiment of this kind on its runs and charts, not on the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 _MAX_PARAM_LEN = 6000
 
 
@@ -46,8 +49,11 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
             if existing.lifecycle_stage != "active":
                 raise UserError(f"experiment '{name}' is deleted in {client.tracking_uri}; "
                                 "expected an active experiment (restore it or pick another name)")
+            if existing.tags.get(EXPERIMENT_KIND_TAG) is None:
+                client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG,
+                                          MODEL_TRAINING_KIND)
             return str(existing.experiment_id)
-        return str(client.create_experiment(name))
+        return str(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}))
     except MlflowException as exc:
         raise UserError(f"MLflow at {client.tracking_uri} refused experiment '{name}': "
                         f"{str(exc).splitlines()[0]}") from exc
@@ -68,11 +74,24 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
 
 def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str,
                     tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-    """Create the parent run of a sweep and return its id."""
-    run = client.create_run(experiment_id, run_name=f"sweep {sweep_name}",
+    """Create the parent run of a sweep and return its id.
+
+    Named with its start time, so that two sweeps of one space can be told apart in the UI.
+    """
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    run = client.create_run(experiment_id, run_name=f"sweep {sweep_name} {started}",
                             tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name, **tags})
     client.log_batch(run.info.run_id, params=_params(params))
     return str(run.info.run_id)
+
+
+def log_sweep_summary(client: MlflowClient, parent_run_id: str, metrics: Mapping[str, float],
+                      tags: Mapping[str, str]) -> None:
+    """The sweep's outcome on its parent run, so the runs view shows it before any expanding."""
+    stamp = _now_ms()
+    client.log_batch(parent_run_id,
+                     metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)[:_MAX_PARAM_LEN]) for k, v in tags.items()])
 
 
 def latest_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) -> Any | None:
@@ -83,6 +102,19 @@ def latest_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) 
         max_results=1, order_by=["attributes.start_time DESC"],
     )
     return runs[0] if runs else None
+
+
+def latest_sweep_experiment(client: MlflowClient) -> tuple[str, str] | None:
+    """(id, name) of the experiment holding the most recently started sweep, if any."""
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if not experiments:
+        return None
+    runs = client.search_runs(list(experiments), f"tags.`{KIND_TAG}` = 'sweep'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        return None
+    experiment_id = str(runs[0].info.experiment_id)
+    return experiment_id, experiments[experiment_id]
 
 
 def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,

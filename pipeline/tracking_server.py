@@ -1,9 +1,10 @@
 """A private MLflow tracking server for the length of one sweep.
 
 SQLite takes one writer at a time, so parallel trials must not open `mlflow.db` themselves. The
-driver starts `mlflow server --workers 1` on a free loopback port over the same store; trials on
-any node then log over HTTP (metrics and artifacts), and the single server process serialises the
-writes.
+driver starts `mlflow server --workers 1` on a free loopback port over the same store; trials
+log metrics over HTTP, the single server process serialises the writes, and artifacts go straight
+to `file://` URIs under the store's artifact directory (the server listens on loopback only, so
+every trial runs on this machine).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import UserError
+from pipeline.tracking_store import artifact_root
 
 _PR_SET_PDEATHSIG = 1
 # How long a user's server gets to answer before medgrid gives up: long enough for a blip,
@@ -92,7 +94,9 @@ class LocalTrackingServer:
         command = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", self.backend_uri,
-            "--artifacts-destination", str(self.artifacts_dir),
+            # Plain file URIs, no artifact proxy: trials on this machine write the files
+            # straight into ./mlruns, and every MLflow tool reads them (see tracking_store).
+            "--default-artifact-root", artifact_root(self.artifacts_dir), "--no-serve-artifacts",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]
         # The job runner (MLflow's background GenAI jobs) forks several 200 MB workers that a

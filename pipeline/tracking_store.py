@@ -1,0 +1,77 @@
+"""The project's local MLflow store: `mlflow.db` for runs, `./mlruns` for their artifacts.
+
+Artifacts of a local-store sweep are recorded as plain `file://` URIs under `./mlruns`, so every
+MLflow tool opened in the project directory (plain `mlflow ui`, `mlflow server`, an
+`MlflowClient("sqlite:///mlflow.db")`) lists and downloads them without knowing about medgrid.
+
+medgrid 0.1 served them through its private server's artifact proxy and recorded
+`mlflow-artifacts:/<experiment>/<run>/artifacts`, which only a server started with
+`--artifacts-destination ./mlruns` can open. `upgrade_proxied_artifacts` rewrites those URIs of
+medgrid's own runs (the files already sit at the matching place under `./mlruns`), so old stores
+keep working with the same tools.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+SQLITE_PREFIX = "sqlite:///"
+PROXY_PREFIX = "mlflow-artifacts:/"
+_KIND_TAG = "medgrid.kind"  # the tag every medgrid run carries (see tracking.KIND_TAG)
+
+
+def absolute_sqlite(uri: str) -> str:
+    """`sqlite:///mlflow.db` relative to where the user ran medgrid, made absolute."""
+    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+        return SQLITE_PREFIX + str(Path(uri[len(SQLITE_PREFIX):]).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for any other store)."""
+    uri = absolute_sqlite(uri)
+    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
+
+
+def artifact_root(artifacts_dir: Path) -> str:
+    """The `file://` URI under which new experiments keep their runs' artifacts."""
+    return artifacts_dir.resolve().as_uri()
+
+
+def upgrade_proxied_artifacts(uri: str, artifacts_dir: Path) -> int:
+    """Point medgrid runs recorded with proxied artifact URIs at their files under
+    `artifacts_dir`; return how many runs and experiments changed (0 for non-SQLite stores)."""
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return 0
+    root = artifact_root(artifacts_dir)
+    try:
+        with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+            if not _has_mlflow_tables(conn):
+                return 0
+            runs = conn.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                "WHERE artifact_uri LIKE 'mlflow-artifacts:/%' "
+                "AND artifact_uri NOT LIKE 'mlflow-artifacts://%' "
+                "AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = ?)",
+                (root + "/", len(PROXY_PREFIX) + 1, _KIND_TAG)).rowcount
+            experiments = conn.execute(
+                "UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
+                "WHERE artifact_location LIKE 'mlflow-artifacts:/%' "
+                "AND artifact_location NOT LIKE 'mlflow-artifacts://%' "
+                "AND experiment_id IN (SELECT r.experiment_id FROM runs r JOIN tags t "
+                "ON t.run_uuid = r.run_uuid WHERE t.key = ?)",
+                (root + "/", len(PROXY_PREFIX) + 1, _KIND_TAG)).rowcount
+    except sqlite3.Error as exc:
+        raise UserError(f"{db}: cannot upgrade its artifact locations ({exc}); expected a "
+                        "writable MLflow SQLite store") from exc
+    return runs + experiments
+
+
+def _has_mlflow_tables(conn: sqlite3.Connection) -> bool:
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return {"runs", "experiments", "tags"} <= names
