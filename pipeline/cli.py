@@ -129,6 +129,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, epochs=args.epochs, limit_train=args.limit_train,
         resume=args.resume, storage=args.storage, max_failures=args.max_failures,
+        checkpoint_every=args.checkpoint_every, verbose=args.verbose,
     )
     return run_sweep(args.space, options)
 
@@ -190,6 +191,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                       "shared by all nodes for --resume on a cluster")
     tune.add_argument("--max-failures", type=_nonnegative_int, default=1,
                       help="retries of a failing trial")
+    tune.add_argument("--checkpoint-every", type=_nonnegative_int, metavar="N",
+                      help="checkpoint each trial every N epochs (default: the space's "
+                      "checkpoint_every, 1; 0: never)")
+    tune.add_argument("--verbose", action="store_true", help="Ray Tune's own status tables "
+                      "and worker output instead of medgrid's progress lines")
     tune.set_defaults(func=_cmd_tune)
 
 

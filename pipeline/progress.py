@@ -40,7 +40,7 @@ class SweepProgress:
     """Counts trials by state and prints medgrid's progress lines."""
 
     total: int
-    out: TextIO = sys.stdout
+    out: TextIO | None = None  # None: sys.stdout at the time of printing (stays picklable)
     every_s: float = STATUS_EVERY_S
     clock: Callable[[], float] = time.monotonic
     started_at: float = field(init=False)
@@ -54,7 +54,7 @@ class SweepProgress:
         self.started_at = self.last_status = self.clock()
 
     def _say(self, text: str) -> None:
-        print(f"[medgrid] {text}", file=self.out, flush=True)
+        print(f"[medgrid] {text}", file=self.out or sys.stdout, flush=True)
 
     def trial_started(self, name: str, resumed_epoch: int = 0) -> None:
         """A trial got its resources and began (or continued from a checkpoint)."""

@@ -5,6 +5,7 @@ sweep's parent run, hand the trials to Ray Tune (fresh or restored), and close t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -19,12 +20,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import __version__, data, data_source, tracking
 from pipeline import tune as tuning
-from pipeline.config import PlannedTrial, TrialConfig, expand, load_space
+from pipeline.config import Distribution, expand, load_space
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
 from pipeline.tracking_store import absolute_sqlite, upgrade_proxied_artifacts
-from pipeline.trial import run_trial
+from pipeline.trial import TrialSession
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -49,6 +50,8 @@ class SweepOptions:
     resume: bool = False
     storage: Path = Path("ray_results")
     max_failures: int = 1
+    checkpoint_every: int | None = None  # None: the space's (default 1, every epoch)
+    verbose: bool = False
 
     def overrides(self) -> dict[str, str]:
         """The options that change what trials do, recorded on every run."""
@@ -56,26 +59,52 @@ class SweepOptions:
         return {f"override.{k}": str(v) for k, v in chosen.items() if v is not None}
 
 
-def plan_trials(space: Path, epochs_cap: int | None) -> tuple[str, str, dict[str, TrialConfig]]:
-    """Sweep name, content hash and the planned configs by run name (epochs capped)."""
+@dataclass(frozen=True)
+class PlannedSweep:
+    """A loaded space, ready for Tune: its name, content hash and plan."""
+
+    name: str
+    content_sha256: str
+    plan: tuning.SweepPlan
+    sampled: dict[str, str]  # sampled param -> distribution kind (empty for a grid)
+
+
+def plan_sweep(space: Path, options: SweepOptions) -> PlannedSweep:
+    """Load and validate the space; grid points longest first, or the sampled study (epochs
+    capped by `--epochs` either way, and ASHA's horizon with them)."""
     sweep = load_space(space)
-    planned: list[PlannedTrial] = expand(sweep)
-    plans: dict[str, TrialConfig] = {}
-    for trial in planned:
+    cap = options.epochs
+    every = sweep.checkpoint_every if options.checkpoint_every is None else options.checkpoint_every
+    scheduler = sweep.scheduler
+    if scheduler is not None and cap is not None and (scheduler.max_t or cap) > cap:
+        scheduler = scheduler.model_copy(update={"max_t": cap,
+                                                 "grace_period": min(scheduler.grace_period, cap)})
+    study = sweep.sampled_study
+    if study is not None:
+        if cap is not None and int(study.params.get("epochs", cap)) > cap:
+            study = study.model_copy(update={"params": {**study.params, "epochs": cap}})
+        plan = tuning.SweepPlan(sweep.search, scheduler, every, study=study)
+        sampled = {k: v.kind for k, v in study.params.items() if isinstance(v, Distribution)}
+        sampled.update({k: "grid" for k, v in study.params.items() if isinstance(v, list)})
+        return PlannedSweep(sweep.name, sweep.content_sha256, plan, sampled)
+    points: dict[str, dict[str, object]] = {}
+    for trial in expand(sweep):
         config = trial.config
-        if epochs_cap is not None and config.epochs > epochs_cap:
-            config = config.model_copy(update={"epochs": epochs_cap})
-        if trial.name in plans:
+        if cap is not None and config.epochs > cap:
+            config = config.model_copy(update={"epochs": cap})
+        if trial.name in points:
             raise UserError(f"{space}: two trials share the name '{trial.name}'; "
                             "expected every grid point once")
-        plans[trial.name] = config
-    return sweep.name, sweep.content_sha256, plans
+        points[trial.name] = {**config.model_dump(), tuning.NAME_KEY: trial.name}
+    ordered = tuple(points[name] for name in longest_first(points))
+    plan = tuning.SweepPlan(sweep.search, scheduler, every, points=ordered)
+    return PlannedSweep(sweep.name, sweep.content_sha256, plan, {})
 
 
-def longest_first(plans: dict[str, TrialConfig]) -> list[str]:
+def longest_first(points: dict[str, dict[str, object]]) -> list[str]:
     """Trial names, most epochs first: long trials start early, so the sweep does not end
     waiting on one of them while the other CPUs sit idle (file order among equals)."""
-    return sorted(plans, key=lambda name: -plans[name].epochs)
+    return sorted(points, key=lambda name: -int(str(points[name]["epochs"])))
 
 
 def load_data(options: SweepOptions) -> Splits:
@@ -140,9 +169,10 @@ def git_commit() -> str:
 
 
 def run_sweep(space: Path, options: SweepOptions,
-              trial_fn: tuning.TrialFunction = run_trial) -> int:
+              make_session: tuning.SessionFactory = TrialSession) -> int:
     """Run (or resume) the sweep in `space`; 0 when every trial finished, 1 when some failed."""
-    sweep_name, content_hash, plans = plan_trials(space, options.epochs)
+    planned = plan_sweep(space, options)
+    plan = planned.plan
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
         require_server(options.tracking_uri)
@@ -152,15 +182,16 @@ def run_sweep(space: Path, options: SweepOptions,
         print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
               "not the real OCTMNIST; the runs are tagged so.", flush=True)
     storage = options.storage.resolve()
+    started = time.monotonic()
     with open_tracking(options.tracking_uri, options.artifacts_dir, storage) as uri:
         client = MlflowClient(uri)
         experiment_id = tracking.ensure_experiment(client, options.experiment)
         if options.resume:
-            parent_id, ray_path = _resumable_parent(client, experiment_id, sweep_name)
+            parent_id, ray_path = _resumable_parent(client, experiment_id, planned.name)
         else:
-            tracking.close_stale_runs(client, experiment_id, sweep_name)
-            parent_id, ray_path = _new_parent(client, experiment_id, sweep_name, space,
-                                              content_hash, identity, options, len(plans))
+            tracking.close_stale_runs(client, experiment_id, planned.name)
+            parent_id, ray_path = _new_parent(client, experiment_id, planned, space, identity,
+                                              options)
         target = tuning.TrackingTarget(
             uri, experiment_id, parent_id,
             params={**options.overrides(), "dataset": identity.name,
@@ -168,40 +199,73 @@ def run_sweep(space: Path, options: SweepOptions,
             tags={"dataset": identity.name, "dataset_md5": identity.md5},
         )
         resources = tuning.Resources(options.cpus_per_trial, options.gpus_per_trial)
-        print(f"[medgrid] sweep '{sweep_name}': {len(plans)} trials; tracking {uri} "
+        print(f"[medgrid] sweep '{planned.name}': {plan.n_trials} trials "
+              f"({plan.search.algorithm} search"
+              f"{', ASHA early stopping' if plan.scheduler else ''}); tracking {uri} "
               f"(experiment '{options.experiment}', parent run {parent_id})", flush=True)
-        tuning.init_ray(options.ray_address, options.num_cpus)
-        trainable = tuning.build_trainable(splits, plans, target, resources, trial_fn)
+        tuning.init_ray(options.ray_address, options.num_cpus, options.verbose)
+        trainable = tuning.build_trainable(splits, plan, target, resources, make_session)
         # The object store holds the data now; the driver's own copy would sit idle all sweep.
         del splits
+        launch = tuning.LaunchOptions(storage, Path(ray_path).name, options.max_concurrent,
+                                      options.max_failures, options.verbose)
         try:
             if options.resume:
-                outcomes = tuning.restore(trainable, ray_path)
+                outcomes = tuning.restore(trainable, plan, ray_path, launch)
             else:
-                outcomes = tuning.launch(trainable, longest_first(plans), storage,
-                                         Path(ray_path).name, options.max_concurrent,
-                                         options.max_failures)
+                outcomes = tuning.launch(trainable, plan, launch)
         except BaseException:
             client.set_terminated(parent_id, "KILLED")
             raise
         failed = [o for o in outcomes if o.status != "TERMINATED"]
+        _log_summary(client, parent_id, outcomes, time.monotonic() - started)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     _print_summary(outcomes, parent_id)
     return 1 if failed else 0
 
 
-def _new_parent(client: MlflowClient, experiment_id: str, sweep_name: str, space: Path,
-                content_hash: str, identity: data.DatasetIdentity, options: SweepOptions,
-                n_trials: int) -> tuple[str, str]:
+def _log_summary(client: MlflowClient, parent_id: str, outcomes: list[tuning.TrialOutcome],
+                 wall_s: float) -> None:
+    """The sweep's outcome on its parent run: counts, wall time, and the best trial by
+    validation accuracy (stopped-early and diverged trials never count as best)."""
+    finished = [o for o in outcomes if o.status == "TERMINATED"]
+    diverged = [o for o in finished if o.metrics.get("diverged")]
+    stopped = [o for o in finished if o.stopped_early]
+    ranked = [o for o in finished if o not in diverged and o not in stopped
+              and isinstance(o.metrics.get("val/acc"), float)
+              and o.metrics["val/acc"] == o.metrics["val/acc"]]
+    metrics = {"trials_finished": len(finished) - len(diverged) - len(stopped),
+               "trials_diverged": len(diverged), "trials_stopped_early": len(stopped),
+               "trials_failed": len(outcomes) - len(finished), "wall_time_s": wall_s}
+    tags: dict[str, str] = {}
+    if ranked:
+        best = max(ranked, key=lambda o: o.metrics["val/acc"])
+        metrics["best/val/acc"] = best.metrics["val/acc"]
+        if isinstance(best.metrics.get("test/acc"), float):
+            metrics["best/test/acc"] = best.metrics["test/acc"]
+        tags["best_trial"] = best.name
+    tracking.log_sweep_summary(client, parent_id, metrics, tags)
+
+
+def _new_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep, space: Path,
+                identity: data.DatasetIdentity, options: SweepOptions) -> tuple[str, str]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    sweep_name, n_trials = planned.name, planned.plan.n_trials
     ray_path = str(options.storage.resolve() / f"{sweep_name}-{stamp}")
+    search = planned.plan.search
     tags = {
-        "space_file": str(space), "space_sha256": content_hash, "git_commit": git_commit(),
+        "space_file": str(space), "space_sha256": planned.content_sha256,
+        "git_commit": git_commit(), "search": search.algorithm,
         "dataset": identity.name, "dataset_md5": identity.md5, "test_split": identity.test_split,
         "ray_address": options.ray_address or "local", "medgrid_version": __version__,
         tracking.RAY_PATH_TAG: ray_path,
     }
-    params = {**options.overrides(), "n_trials": n_trials, "n_train": identity.n_train,
+    if planned.sampled:
+        tags[tracking.SAMPLED_TAG] = json.dumps(planned.sampled)
+    if planned.plan.scheduler is not None:
+        tags["scheduler"] = "asha " + json.dumps(planned.plan.scheduler.model_dump())
+    params = {**options.overrides(), "n_trials": n_trials,
+              "checkpoint_every": planned.plan.checkpoint_every, "n_train": identity.n_train,
               "n_val": identity.n_val, "n_test": identity.n_test}
     return tracking.start_sweep_run(client, experiment_id, sweep_name, tags, params), ray_path
 
@@ -225,8 +289,15 @@ def _resumable_parent(client: MlflowClient, experiment_id: str, sweep_name: str
 
 
 def _print_summary(outcomes: list[tuning.TrialOutcome], parent_id: str) -> None:
-    done = sum(o.status == "TERMINATED" for o in outcomes)
-    print(f"[medgrid] {done}/{len(outcomes)} trials finished; parent run {parent_id}", flush=True)
+    finished = [o for o in outcomes if o.status == "TERMINATED"]
+    diverged = sum(bool(o.metrics.get("diverged")) for o in finished)
+    stopped = sum(o.stopped_early for o in finished)
+    parts = [f"{len(finished) - diverged - stopped} finished", f"{diverged} diverged"]
+    if stopped:
+        parts.append(f"{stopped} stopped early")
+    parts.append(f"{len(outcomes) - len(finished)} failed")
+    print(f"[medgrid] {len(outcomes)} trials: {', '.join(parts)}; parent run {parent_id}",
+          flush=True)
     for outcome in outcomes:
         if outcome.error:
             print(f"[medgrid]   FAILED {outcome.name}: {outcome.error.splitlines()[0]}",

@@ -26,6 +26,10 @@ KIND_TAG = "medgrid.kind"  # "sweep" or "trial"
 SWEEP_TAG = "medgrid.sweep"
 KEY_TAG = "medgrid.trial_key"
 RAY_PATH_TAG = "medgrid.ray_experiment_path"
+ATTEMPT_TAG = "medgrid.attempt"
+SAMPLED_TAG = "medgrid.sampled"  # on a sampled sweep's parent: {param: distribution kind}
+STOPPED_TAG = "stopped_early"
+STOPPED_EPOCH_TAG = "stopped_epoch"
 # MLflow's UI opens an experiment of this kind on its runs and charts, not on the GenAI overview.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
@@ -140,6 +144,15 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
     return closed
 
 
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                   name: str) -> str | None:
+    """The run id of trial `name` in this sweep (any status), if it has one."""
+    key = trial_key(parent_run_id, name)
+    runs = client.search_runs([experiment_id], f"tags.`{KEY_TAG}` = '{key}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
 def finished_trial(client: MlflowClient, experiment_id: str, parent_run_id: str,
                    name: str) -> Any | None:
     """The FINISHED child run of trial `name` in this sweep, if an earlier attempt completed.
@@ -159,20 +172,23 @@ def _params(values: Mapping[str, Any]) -> list[Param]:
 
 
 class TrialRun:
-    """The child run of one trial attempt.
+    """The child run of one trial.
 
-    A retried or resumed trial replaces its earlier unfinished attempt (deleted, its error kept
-    as a tag), so that MLflow shows exactly one child run per trial.
+    A trial that starts over (no checkpoint) replaces its earlier unfinished attempt (deleted,
+    its error kept as a tag), so that MLflow shows exactly one child run per trial. A trial
+    that continues from a checkpoint continues its own run (`TrialRun.resume`): epochs already
+    logged are not logged again, so each epoch appears exactly once.
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
                  name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         self.client = client
+        self.logged_through = 0  # the last epoch already in the run (a resumed run has some)
         key = trial_key(parent_run_id, name)
         earlier = search_all(client, experiment_id, f"tags.`{KEY_TAG}` = '{key}'")
-        attempt = 1 + max((int(r.data.tags.get("medgrid.attempt", "1")) for r in earlier),
+        attempt = 1 + max((int(r.data.tags.get(ATTEMPT_TAG, "1")) for r in earlier),
                           default=0)
-        attempt_tags = {"medgrid.attempt": str(attempt)}
+        attempt_tags = {ATTEMPT_TAG: str(attempt)}
         errors = [r.data.tags["medgrid.error"] for r in earlier if "medgrid.error" in r.data.tags]
         if errors:
             attempt_tags["medgrid.previous_error"] = errors[-1][:_MAX_PARAM_LEN]
@@ -184,8 +200,26 @@ class TrialRun:
         self.run_id: str = run.info.run_id
         client.log_batch(self.run_id, params=_params(params))
 
-    def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
-        """All of one epoch's metrics in one request (step = epoch)."""
+    @classmethod
+    def resume(cls, client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> TrialRun:
+        """Continue the run of a trial restored from a checkpoint: RUNNING again, one more
+        attempt counted, and the epochs it already holds remembered so none is logged twice."""
+        run = client.get_run(run_id)
+        self = cls.__new__(cls)
+        self.client, self.run_id = client, run_id
+        history = client.get_metric_history(run_id, "train/loss")
+        self.logged_through = max((m.step for m in history), default=0)
+        attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1
+        client.update_run(run_id, status="RUNNING")
+        self.set_tags({**tags, ATTEMPT_TAG: str(attempt)})
+        return self
+
+    def log_epoch(self, step: int, metrics: Mapping[str, float], force: bool = False) -> None:
+        """All of one epoch's metrics in one request (step = epoch); an epoch the run already
+        holds (logged before a crash, then trained again from the checkpoint before it) is
+        skipped unless `force`: training is deterministic, so it would be the same numbers."""
+        if step <= self.logged_through and not force:
+            return
         stamp = _now_ms()
         self.client.log_batch(self.run_id, metrics=[
             Metric(key, float(value), stamp, step) for key, value in metrics.items()

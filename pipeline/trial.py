@@ -42,6 +42,9 @@ class TrialResult:
     test_acc: float = float("nan")
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((N_CLASSES, N_CLASSES), int))
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    # Per validation image, whether the final model got it right: the paired tests of the
+    # report compare trials on the same images. None for a diverged trial.
+    val_correct: np.ndarray | None = None
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -111,6 +114,62 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_
     )
 
 
+class TrialSession:
+    """One trial, an epoch at a time: what `run_trial` loops over, and what a caller that owns
+    the loop (Ray Tune's class trainable) drives itself: `step` per epoch, `checkpoint` when it
+    wants one, `finish` to test the model it has (also a model stopped early)."""
+
+    def __init__(self, config: TrialConfig, data: Splits,
+                 resume_from: TrialCheckpoint | None = None) -> None:
+        self.config, self.data = config, data
+        self.learner = build_learner(config, data)
+        self.result = TrialResult(config)
+        start_epoch = 1
+        if resume_from is not None:
+            _check_resumable(resume_from, config)
+            self.learner.set_state(resume_from.learner_state)
+            self.result.history = list(resume_from.history)
+            start_epoch = resume_from.epoch + 1
+        self._records = fit(self.learner, config.epochs, start_epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch trained (0 before the first)."""
+        return self.result.history[-1].epoch if self.result.history else 0
+
+    @property
+    def done(self) -> bool:
+        """Whether training is over: every epoch trained, or the loss diverged."""
+        return self.result.diverged or self.epoch >= self.config.epochs
+
+    def step(self) -> EpochRecord:
+        """Train and evaluate the next epoch."""
+        record = next(self._records)
+        self.result.history.append(record)
+        self.result.diverged = record.diverged
+        return record
+
+    def checkpoint(self) -> TrialCheckpoint:
+        """The trial as it stands (one copy of the learner's state)."""
+        return TrialCheckpoint(self.epoch, self.learner.get_state(), list(self.result.history))
+
+    def finish(self) -> TrialResult:
+        """Test the model once and collect what the artifacts need.
+
+        A diverged model's predictions come from NaN weights: its test accuracy stays NaN (not
+        measured) and it gets no per-image validation record.
+        """
+        result = self.result
+        if not result.diverged:
+            test = self.learner.evaluate("test")
+            result.test_acc = test.acc
+            result.confusion = confusion_matrix(self.data.y_test, test.predictions)
+            val = self.learner.evaluate("val")
+            result.val_correct = val.predictions == self.data.y_val
+        result.weights = self.learner.state_dict()
+        return result
+
+
 def run_trial(config: TrialConfig, data: Splits, on_epoch: EpochCallback | None = None,
               resume_from: TrialCheckpoint | None = None, *, checkpoint_every: int = 0,
               on_checkpoint: CheckpointCallback | None = None) -> TrialResult:
@@ -119,12 +178,7 @@ def run_trial(config: TrialConfig, data: Splits, on_epoch: EpochCallback | None 
     `on_epoch(record)` is called after every epoch. With `checkpoint_every` = k > 0 and
     `on_checkpoint`, `on_checkpoint(checkpoint)` is called after every epoch whose number is a
     multiple of k, just BEFORE `on_epoch` of that same epoch (`checkpoint.history[-1]` is its
-    record), so a caller that reports metrics and checkpoint together (Ray Tune's
-    `report(metrics, checkpoint=...)`) can keep the checkpoint in `on_checkpoint` and attach it
-    in `on_epoch`. A checkpoint costs one copy of the learner's state (`Learner.get_state`) and
-    is only taken on those epochs; none is taken of a diverged epoch (training stops there).
-    A separate hook rather than a second argument to `on_epoch` keeps every existing
-    `EpochCallback` valid.
+    record). None is taken of a diverged epoch (training stops there).
 
     `resume_from`: a checkpoint of this trial (same config); the learner is restored from it and
     training continues at epoch `resume_from.epoch + 1`, records numbered as in an uninterrupted
@@ -132,28 +186,15 @@ def run_trial(config: TrialConfig, data: Splits, on_epoch: EpochCallback | None 
     """
     if checkpoint_every < 0:
         raise UserError(f"checkpoint_every = {checkpoint_every}: expected >= 0 (0: never)")
-    learner = build_learner(config, data)
-    result = TrialResult(config)
-    start_epoch = 1
-    if resume_from is not None:
-        _check_resumable(resume_from, config)
-        learner.set_state(resume_from.learner_state)
-        result.history = list(resume_from.history)
-        start_epoch = resume_from.epoch + 1
-    for record in fit(learner, config.epochs, start_epoch):
-        result.history.append(record)
-        result.diverged = record.diverged
+    session = TrialSession(config, data, resume_from)
+    while not session.done:
+        record = session.step()
         if (on_checkpoint is not None and checkpoint_every and not record.diverged
                 and record.epoch % checkpoint_every == 0):
-            on_checkpoint(TrialCheckpoint(record.epoch, learner.get_state(),
-                                          list(result.history)))
+            on_checkpoint(session.checkpoint())
         if on_epoch is not None:
             on_epoch(record)
-    test = learner.evaluate("test")
-    result.test_acc = test.acc
-    result.confusion = confusion_matrix(data.y_test, test.predictions)
-    result.weights = learner.state_dict()
-    return result
+    return session.finish()
 
 
 def _check_resumable(checkpoint: TrialCheckpoint, config: TrialConfig) -> None:

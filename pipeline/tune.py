@@ -1,14 +1,19 @@
-"""The only module that knows Ray Tune: the trainable, resources per trial, failure handling,
-launching a sweep and restoring one after the driver died.
+"""The only module that knows Ray Tune: the search space and searcher, the scheduler, the
+trainable (one epoch per step, checkpoints through Tune), resources, launching and restoring.
 
-Each trial reads everything from its Tune config (the trial's name) and from objects shared once
-through Ray's object store (`tune.with_parameters`): the data, the planned configs and where to
-log. Nothing assumes the driver's filesystem.
+Tune's config of a trial carries the real hyperparameters (every `TrialConfig` field), so Tune's
+searchers, schedulers and tables see them. A grid sweep hands Tune its planned trials as preset
+points; a sampled sweep hands it distributions and a searcher (random or Optuna). Large shared
+objects (the data, where to log) reach each trial once through Ray's object store
+(`tune.with_parameters`); nothing assumes the driver's filesystem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import math
 import os
 import re
 import tempfile
@@ -20,17 +25,32 @@ from typing import Any
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from pipeline import tracking
 from pipeline.artifacts import write_trial_artifacts
-from pipeline.config import TrialConfig
+from pipeline.config import (
+    AshaSpec,
+    Distribution,
+    SearchSpec,
+    StudySpec,
+    TrialConfig,
+    config_from_values,
+    sampled_space,
+    trial_name,
+)
 from pipeline.data import Splits
 from pipeline.errors import UserError
+from pipeline.progress import SweepProgress
 from pipeline.tracking import TrialRun, finished_trial
-from pipeline.train import EpochRecord
-from pipeline.trial import EpochCallback, TrialResult, run_trial
+from pipeline.trial import TrialCheckpoint, TrialSession
 
-TrialFunction = Callable[[TrialConfig, Splits, EpochCallback], TrialResult]
-PROGRESS_KEYS = ("train/loss", "val/acc")
+# How a trial session is made; tests swap in one that fails on purpose.
+SessionFactory = Callable[[TrialConfig, Splits, "TrialCheckpoint | None"], TrialSession]
+NAME_KEY = "name"  # a grid trial's run name, beside its config in Tune's config
+PROGRESS_KEYS = ("train/loss", "val/acc", "val/loss", "train/acc")
+RUN_ID_FILE = "mlflow_run.json"  # in each checkpoint: the MLflow run the trial continues
 # MLflow credentials: a worker on another node runs with the environment of its `ray start`, not
 # the driver's, so the driver's values travel to each trial with its other parameters (through
 # the object store; Ray's runtime_env would write them into its agent's log on every node).
@@ -66,6 +86,43 @@ class Resources:
         return bundle
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What Tune runs: preset grid points, or one sampled study with its search block."""
+
+    search: SearchSpec
+    scheduler: AshaSpec | None
+    checkpoint_every: int
+    points: tuple[dict[str, Any], ...] = ()  # grid: one full config (+ name) per trial
+    study: StudySpec | None = None  # sampled: the study whose distributions Tune draws from
+
+    @property
+    def n_trials(self) -> int:
+        """Trials the sweep will run (grid points, or samples)."""
+        return len(self.points) if self.study is None else int(self.search.num_samples or 0)
+
+    def trial_config(self, config: Mapping[str, Any]) -> TrialConfig:
+        """The validated `TrialConfig` of Tune's config of a trial."""
+        values = {k: v for k, v in config.items() if k in TrialConfig.model_fields}
+        if self.study is None:
+            return TrialConfig.model_validate(values)
+        return config_from_values(self.study, values)
+
+    def trial_name(self, config: Mapping[str, Any], trial_id: str) -> str:
+        """The run name: the planned one for a grid trial; for a sampled one its rounded values
+        and Tune's trial index (two draws may round alike, or a choice repeat a config)."""
+        if self.study is None:
+            return str(config[NAME_KEY])
+        index = trial_id.rsplit("_", 1)[-1].lstrip("0") or "0"
+        return f"{trial_name(self.study, self.trial_config(config))} #{index}"
+
+    def models(self) -> set[str]:
+        """The models the sweep trains."""
+        if self.study is not None:
+            return {self.study.model}
+        return {str(point["model"]) for point in self.points}
+
+
 def check_resources_fit(bundles: list[dict[str, float]]) -> None:
     """Fail now, in one line, if no node could ever run some trial (Tune would wait forever)."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -85,6 +142,7 @@ class TrialOutcome:
     status: str  # TERMINATED or ERROR
     metrics: dict[str, Any]
     error: str | None = None
+    stopped_early: bool = False
 
 
 def _node_label() -> str:
@@ -92,125 +150,314 @@ def _node_label() -> str:
     return f"{context.get_node_id()[:12]}@{ray.util.get_node_ip_address()}"
 
 
-def _train(config: dict[str, Any], data: Splits, plans: Mapping[str, TrialConfig],
-           tracking: TrackingTarget, trial_fn: TrialFunction) -> None:
-    """Ray Tune's function trainable: one trial, tracked in its own MLflow child run."""
-    name = config["name"]
-    trial_config = plans[name]
-    os.environ.update(tracking.credentials)  # MlflowClient reads them from the environment
-    client = MlflowClient(tracking.uri)
-    done = finished_trial(client, tracking.experiment_id, tracking.parent_run_id, name)
-    if done is not None:  # finished before the driver died; don't train or log it twice
-        metrics = done.data.metrics
-        tune.report({**_progress(metrics, int(done.data.params.get("epochs", 0)),
-                                 done.data.tags.get("diverged") == "true"),
-                     "test/acc": metrics.get("test/acc", float("nan")), "done": True})
-        return
-    run = TrialRun(client, tracking.experiment_id, tracking.parent_run_id, name,
-                   params={**trial_config.model_dump(), **tracking.params},
-                   tags={"study": trial_config.study, "seed": str(trial_config.seed),
-                         "node": _node_label(), **tracking.tags})
-
-    def on_epoch(record: EpochRecord) -> None:
-        run.log_epoch(record.epoch, record.metrics)
-        tune.report(_progress(record.metrics, record.epoch, record.diverged))
-
-    try:
-        result = trial_fn(trial_config, data, on_epoch)
-        last_epoch = result.history[-1].epoch if result.history else 0
-        run.log_epoch(last_epoch, {"test/acc": result.test_acc})
-        run.set_tags({"diverged": str(result.diverged).lower()})
-        with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
-            write_trial_artifacts(result, name, Path(tmp))
-            run.log_artifacts(Path(tmp))
-        run.finish()
-    except BaseException as error:
-        run.fail(error)
-        raise
-    tune.report({**_progress(result.final_metrics, last_epoch, result.diverged),
-                 "test/acc": result.test_acc, "done": True})
-
-
 def _progress(metrics: Mapping[str, float], epoch: int, diverged: bool) -> dict[str, Any]:
-    """What Tune sees of an epoch: enough for its status table (MLflow gets everything)."""
-    shown = {k: metrics[k] for k in PROGRESS_KEYS if k in metrics}
+    """What Tune sees of an epoch: the metrics searchers and schedulers use (MLflow gets all).
+    A diverged epoch has no accuracy: NaN, which never beats a measured one."""
+    shown = {k: float(metrics.get(k, math.nan)) for k in PROGRESS_KEYS}
     return {**shown, "epoch": epoch, "diverged": diverged}
 
 
-class _TrialLines(tune.Callback):
-    """One line per finished or failed trial, under Tune's status table."""
+class MedgridTrainable(tune.Trainable):
+    """One trial as Tune's class trainable: `step` = one epoch, logged to the trial's MLflow
+    child run; `save_checkpoint`/`load_checkpoint` = the learner's state and the run id, so a
+    retried or resumed trial continues its own run after its last checkpoint; `cleanup` after
+    a stop from outside (the scheduler) tests the model it has and logs it like any other."""
+
+    def setup(self, config: dict[str, Any], data: Splits, plan: SweepPlan,
+              target: TrackingTarget, make_session: SessionFactory) -> None:
+        self.data, self.plan, self.target, self.make_session = data, plan, target, make_session
+        self.trial_config = plan.trial_config(config)
+        self.name = plan.trial_name(config, self.trial_id)
+        os.environ.update(target.credentials)  # MlflowClient reads them from the environment
+        self.client = MlflowClient(target.uri)
+        self.session: TrialSession | None = None
+        self.run: TrialRun | None = None
+        self.closed = False
+        self.stop_requested = False  # set by the scheduler (RecordingASHA) just before it stops us
+        done = finished_trial(self.client, target.experiment_id, target.parent_run_id, self.name)
+        self.already_done = done  # finished before the driver died: don't train or log again
+
+    def _tags(self) -> dict[str, str]:
+        return {"study": self.trial_config.study, "seed": str(self.trial_config.seed),
+                "node": _node_label(), **self.target.tags}
+
+    def _start(self, checkpoint: TrialCheckpoint | None, run_id: str | None) -> None:
+        """Open (or continue) the MLflow run first, so that a trial failing to build is a
+        FAILED run with its error, then the trial session."""
+        if run_id is not None:
+            self.run = TrialRun.resume(self.client, run_id, self._tags())
+        else:
+            params = {**self.trial_config.model_dump(), **self.target.params}
+            self.run = TrialRun(self.client, self.target.experiment_id,
+                                self.target.parent_run_id, self.name, params, self._tags())
+        self.session = self.make_session(self.trial_config, self.data, checkpoint)
+
+    def step(self) -> dict[str, Any]:
+        """Train one epoch, log it, and tell Tune (done after the last or a diverged epoch)."""
+        if self.already_done is not None:
+            return self._replay_finished()
+        try:
+            if self.run is None:
+                self._start(None, None)
+            assert self.session is not None and self.run is not None
+            record = self.session.step()
+            self.run.log_epoch(record.epoch, record.metrics)
+            result = _progress(record.metrics, record.epoch, record.diverged)
+            if self.session.done:
+                result.update(self._close(stopped=False), done=True)
+            return result
+        except BaseException as error:
+            self._fail(error)
+            raise
+
+    def _replay_finished(self) -> dict[str, Any]:
+        done = self.already_done
+        metrics = done.data.metrics
+        result = _progress(metrics, int(done.data.params.get("epochs", 0)),
+                           done.data.tags.get("diverged") == "true")
+        return {**result, "test/acc": metrics.get("test/acc", math.nan), "done": True}
+
+    def _close(self, stopped: bool) -> dict[str, Any]:
+        """Test the model, upload the artifacts, end the run FINISHED; Tune's last numbers."""
+        assert self.session is not None and self.run is not None
+        result = self.session.finish()
+        if not result.diverged:  # a diverged model's test accuracy is not measured: absent
+            self.run.log_epoch(self.session.epoch, {"test/acc": result.test_acc}, force=True)
+        tags = {"diverged": str(result.diverged).lower()}
+        if stopped:
+            tags.update({tracking.STOPPED_TAG: "true",
+                         tracking.STOPPED_EPOCH_TAG: str(self.session.epoch)})
+        self.run.set_tags(tags)
+        with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
+            write_trial_artifacts(result, self.name, Path(tmp))
+            self.run.log_artifacts(Path(tmp))
+        self.run.finish()
+        self.closed = True
+        return {"test/acc": result.test_acc}
+
+    def _fail(self, error: BaseException) -> None:
+        if self.run is not None and not self.closed:
+            self.closed = True
+            self.run.fail(error)
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """The learner's state, the epochs so far, and the MLflow run to continue."""
+        if self.session is None or self.run is None or self.session.result.diverged:
+            return
+        self.session.checkpoint().save(Path(checkpoint_dir))
+        (Path(checkpoint_dir) / RUN_ID_FILE).write_text(json.dumps({"run_id": self.run.run_id}))
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        """Continue from a checkpoint (a retry after a crash, or `--resume`)."""
+        directory = Path(checkpoint_dir)
+        if not (directory / TrialCheckpoint.STATE_FILE).exists():
+            return  # a trial checkpointed before its first epoch: start over
+        checkpoint = TrialCheckpoint.load(directory)
+        run_id = json.loads((directory / RUN_ID_FILE).read_text())["run_id"]
+        try:
+            self._start(checkpoint, run_id)
+        except BaseException as error:
+            self._fail(error)
+            raise
+
+    def mark_stopped_early(self) -> None:
+        """Called by the driver's scheduler before it stops this trial (Ray runs one caller's
+        actor tasks in order, so this arrives before `stop`)."""
+        self.stop_requested = True
+
+    def cleanup(self) -> None:
+        """A trial stopped early by the scheduler ends FINISHED with its test accuracy and
+        artifacts, tagged with the epoch it reached. Any other stop from outside (the driver
+        interrupted) leaves the run RUNNING: it is continued by `--resume` or closed KILLED."""
+        if self.closed or self.session is None or self.already_done is not None:
+            return
+        if not self.stop_requested:
+            return
+        try:
+            self._close(stopped=True)
+        except BaseException as error:  # the actor is going away; leave the reason behind
+            self._fail(error)
+
+
+def to_tune(value: Any) -> Any:
+    """A space value as Tune's: a Distribution -> tune.loguniform/uniform/randint/choice,
+    a list -> grid_search, anything else as it is."""
+    if isinstance(value, Distribution):
+        if value.kind == "choice":
+            return tune.choice(list(value.values))
+        return {"loguniform": tune.loguniform, "uniform": tune.uniform,
+                "randint": tune.randint}[value.kind](value.low, value.high)
+    if isinstance(value, list):
+        return tune.grid_search(value)
+    return value
+
+
+def param_space(plan: SweepPlan) -> dict[str, Any]:
+    """Tune's param_space: every key of the grid points (their values come from the points),
+    or the sampled study's fixed values and distributions."""
+    if plan.study is not None:
+        return {k: to_tune(v) for k, v in sampled_space(plan.study).items()}
+    keys = dict.fromkeys(k for point in plan.points for k in point)
+    return dict.fromkeys(keys)
+
+
+def searcher(plan: SweepPlan) -> Any:
+    """Preset points for a grid; Tune's seeded random search; or Optuna through Tune."""
+    search = plan.search
+    if plan.study is None:
+        return BasicVariantGenerator(points_to_evaluate=[dict(p) for p in plan.points])
+    if search.algorithm == "random":
+        return BasicVariantGenerator(random_state=search.seed)
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=search.seed)
+
+
+class RecordingASHA(AsyncHyperBandScheduler):
+    """ASHA that tells a trial it stops early before Tune stops it, so the trial can end
+    FINISHED (`stopped_early`) rather than look interrupted."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        actor = trial.temporary_state.ray_actor
+        if decision == self.STOP and not result.get("done") and actor is not None:
+            actor.mark_stopped_early.remote()
+        return decision
+
+
+def scheduler(plan: SweepPlan) -> RecordingASHA | None:
+    """The sweep's ASHA scheduler (on the search metric), or None (run every trial to its end)."""
+    asha = plan.scheduler
+    if asha is None:
+        return None
+    return RecordingASHA(time_attr="epoch", grace_period=asha.grace_period,
+                         reduction_factor=asha.reduction_factor, max_t=asha.max_t or 1)
+
+
+def _stopped_early(config: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
+    """A trial that ended before its last epoch without diverging was stopped by the scheduler."""
+    epochs = config.get("epochs")
+    return (isinstance(epochs, int) and int(result.get("epoch", epochs)) < epochs
+            and not result.get("diverged"))
+
+
+class _ProgressLines(tune.Callback):
+    """Tune's events, handed to medgrid's progress lines."""
+
+    def __init__(self, plan: SweepPlan, progress: SweepProgress) -> None:
+        self.plan, self.progress = plan, progress
+
+    def _name(self, trial: Any) -> str:
+        try:
+            return self.plan.trial_name(trial.config, trial.trial_id)
+        except (UserError, KeyError, ValueError):
+            return str(trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        resumed = (trial.last_result or {}).get("epoch", 0) if trial.checkpoint else 0
+        self.progress.trial_started(self._name(trial), int(resumed or 0))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        flag = "  DIVERGED" if result.get("diverged") else ""
-        val, test = result.get("val/acc", float("nan")), result.get("test/acc", float("nan"))
-        print(f"[medgrid] finished {trial.config['name']}: val/acc={val:.4f} "
-              f"test/acc={test:.4f}{flag}", flush=True)
+        result = dict(trial.last_result or {})
+        result["stopped_early"] = _stopped_early(trial.config, result)
+        self.progress.trial_ended(self._name(trial), result)
+
+    def _error(self, trial: Any, will_retry: bool) -> None:
+        error = str(getattr(trial, "error_msg", None) or "see its error.txt in MLflow")
+        lines = [line for line in error.splitlines() if line.strip()]
+        self.progress.trial_failed(self._name(trial), trial.num_failures,
+                                   lines[-1] if lines else error, will_retry)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._error(trial, will_retry=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"[medgrid] FAILED {trial.config['name']} (attempt {trial.num_failures})",
-              flush=True)
+        self._error(trial, will_retry=False)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.progress.tick(pending=sum(t.status == "PENDING" for t in trials))
 
 
-def build_trainable(data: Splits, plans: Mapping[str, TrialConfig], tracking: TrackingTarget,
-                    resources: Resources, trial_fn: TrialFunction = run_trial) -> Any:
+def build_trainable(data: Splits, plan: SweepPlan, target: TrackingTarget,
+                    resources: Resources, make_session: SessionFactory = TrialSession) -> Any:
     """The trainable with shared objects put into the object store once, and its resources."""
-    models = {name: config.model for name, config in plans.items()}
-    check_resources_fit([resources.for_model(m) for m in set(models.values())])
+    check_resources_fit([resources.for_model(m) for m in plan.models()])
     credentials = {name: os.environ[name] for name in CREDENTIAL_ENV if os.environ.get(name)}
-    tracking = dataclasses.replace(tracking, credentials=credentials)
-    trainable = tune.with_parameters(_train, data=data, plans=plans, tracking=tracking,
-                                     trial_fn=trial_fn)
+    target = dataclasses.replace(target, credentials=credentials)
+    trainable = tune.with_parameters(MedgridTrainable, data=data, plan=plan, target=target,
+                                     make_session=make_session)
 
     def request(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        return tune.PlacementGroupFactory([resources.for_model(models[config["name"]])])
+        return tune.PlacementGroupFactory([resources.for_model(str(config["model"]))])
 
     return tune.with_resources(trainable, request)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a local Ray."""
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> None:
+    """Join the cluster at `address`, or start a local Ray; Ray's own chatter only if verbose."""
     if ray.is_initialized():
         return
+    if not verbose:  # Ray's start-up notes and warnings meant for Ray's own operators
+        # (the token warning only says that Ray's default, token authentication, is on)
+        for name in ("ray", "ray.train", "ray.air", "ray._private.worker",
+                     "ray._private.authentication.authentication_token_setup"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # A failing trial is one progress line (and error.txt in MLflow), not Tune's traceback.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    if not verbose:
+        # Ray's newer console output prints its experiment box even at verbose=0; the classic
+        # reporter is silent there, leaving the terminal to medgrid's progress lines.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Keeping one checkpoint per trial makes Tune snapshot its experiment state after each one
+    # (so the state never names a deleted checkpoint); the snapshot is small, the warning noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # MLflow prints a "View run at <url>" line per run; the private server's URL dies with the
     # sweep, so those lines would only mislead.
     runtime_env = {"env_vars": {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}}
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
                  runtime_env=runtime_env)
 
 
-def launch(trainable: Any, names: list[str], storage: Path, experiment_name: str,
-           max_concurrent: int | None, max_failures: int) -> list[TrialOutcome]:
-    """Run a fresh sweep over `names` and return each trial's outcome."""
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"name": tune.grid_search(names)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
-                                    trial_name_creator=_trial_name,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(storage, experiment_name, max_failures),
-    )
-    return _outcomes(tuner.fit())
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How Tune runs the sweep, beyond the plan."""
+
+    storage: Path
+    experiment_name: str
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    verbose: bool = False
 
 
-def _trial_name(trial: Any) -> str:
-    return str(trial.config["name"])
+def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions) -> list[TrialOutcome]:
+    """Run a fresh sweep and return each trial's outcome."""
+    tune_config = tune.TuneConfig(
+        search_alg=searcher(plan), scheduler=scheduler(plan), num_samples=plan.n_trials,
+        metric=plan.search.metric, mode=plan.search.mode,
+        max_concurrent_trials=options.max_concurrent, reuse_actors=False,
+        trial_name_creator=lambda t: plan.trial_name(t.config, t.trial_id),
+        trial_dirname_creator=lambda t: _trial_dirname(plan, t))
+    tuner = tune.Tuner(trainable, param_space=param_space(plan), tune_config=tune_config,
+                       run_config=_run_config(plan, options))
+    return _outcomes(tuner.fit(), plan)
 
 
-def _trial_dirname(trial: Any) -> str:
+def _trial_dirname(plan: SweepPlan, trial: Any) -> str:
     """A directory name without spaces or '=': the run name, made path-safe, plus Ray's id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(trial.config["name"])).strip("_")
-    return f"{safe}_{trial.trial_id}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.trial_name(trial.config, trial.trial_id))
+    return f"{safe.strip('_')[:80]}_{trial.trial_id}"
 
 
-def restore(trainable: Any, experiment_path: str) -> list[TrialOutcome]:
-    """Continue a sweep whose driver died: finished trials stay done, the rest run again."""
+def restore(trainable: Any, plan: SweepPlan, experiment_path: str,
+            options: LaunchOptions) -> list[TrialOutcome]:
+    """Continue a sweep whose driver died: finished trials stay done, unfinished ones continue
+    from their last checkpoint, and a searcher's state (what it sampled) is restored."""
     tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                               resume_errored=False, restart_errored=True)
-    return _outcomes(tuner.fit())
+                               resume_errored=True, restart_errored=False)
+    return _outcomes(tuner.fit(), plan)
 
 
 def can_restore(experiment_path: str) -> bool:
@@ -218,21 +465,31 @@ def can_restore(experiment_path: str) -> bool:
     return bool(tune.Tuner.can_restore(experiment_path))
 
 
-def _run_config(storage: Path, experiment_name: str, max_failures: int) -> tune.RunConfig:
+def _run_config(plan: SweepPlan, options: LaunchOptions) -> tune.RunConfig:
+    progress = SweepProgress(plan.n_trials)
+    callbacks = [] if options.verbose else [_ProgressLines(plan, progress)]
     return tune.RunConfig(
-        name=experiment_name,
-        storage_path=str(storage.resolve()),
-        failure_config=tune.FailureConfig(max_failures=max_failures),
-        callbacks=[_TrialLines()],
-        verbose=1,
+        name=options.experiment_name,
+        storage_path=str(options.storage.resolve()),
+        failure_config=tune.FailureConfig(max_failures=options.max_failures),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=1, checkpoint_frequency=plan.checkpoint_every),
+        callbacks=callbacks,
+        verbose=2 if options.verbose else 0,
     )
 
 
-def _outcomes(results: Any) -> list[TrialOutcome]:
+def _outcomes(results: Any, plan: SweepPlan) -> list[TrialOutcome]:
     outcomes = []
     for result in results:
-        name = result.config.get("name", "?")
+        trial_id = str(result.metrics.get("trial_id", "")) if result.metrics else ""
+        try:
+            name = plan.trial_name(result.config, trial_id)
+        except (UserError, KeyError, ValueError):
+            name = trial_id or "?"
         error = f"{type(result.error).__name__}: {result.error}" if result.error else None
         status = "ERROR" if result.error else "TERMINATED"
-        outcomes.append(TrialOutcome(name, status, dict(result.metrics or {}), error))
+        metrics = dict(result.metrics or {})
+        outcomes.append(TrialOutcome(name, status, metrics, error,
+                                     not error and _stopped_early(result.config, metrics)))
     return outcomes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +12,11 @@ import pytest
 import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import main
 from pipeline.config import TrialConfig
 from pipeline.data import Splits
 from pipeline.sweep import SweepOptions, run_sweep
 from pipeline.tracking_server import LocalTrackingServer
-from pipeline.trial import EpochCallback, TrialResult, run_trial
+from pipeline.trial import TrialCheckpoint, TrialSession
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,8 @@ params: {epochs: 3, batch_size: 32, hidden_size: 16, layers: 2, learning_rate: [
 TRIALS = {"linear lr=0.01 seed=42", "linear lr=0.001 seed=42", "net lr=0.05 seed=42",
           "net lr=1000000.0 seed=42"}
 ARTIFACTS = {"curves.png", "confusion_matrix.csv", "confusion_matrix.png", "config.yaml",
-             "weights.npz", "history.csv"}
+             "weights.npz", "history.csv", "val_correct.npy"}
+DIVERGED_ARTIFACTS = {"curves.png", "config.yaml", "weights.npz", "history.csv"}
 
 
 def write_space(directory: Path) -> Path:
@@ -52,14 +54,15 @@ def children(client: MlflowClient, experiment: str = "medgrid") -> list:
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, tiny_npz: Path) -> Iterator[tuple[Path, MlflowClient]]:
-    """One sweep through the CLI, then a tracking server over its store for reading back."""
+    """One sweep through the command line, as a user runs it (its terminal output kept in
+    terminal.txt), then a tracking server over its store for reading back."""
     work = tmp_path_factory.mktemp("sweep")
     space = write_space(work)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(work)
-        code = main(["tune", str(space), "--data", str(tiny_npz), "--num-cpus", "2",
-                     "--max-concurrent", "2"])
-    assert code == 0
+    done = subprocess.run([sys.executable, "-m", "pipeline", "tune", str(space), "--data",
+                           str(tiny_npz), "--num-cpus", "2", "--max-concurrent", "2"], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    (work / "terminal.txt").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout + done.stderr
     server = LocalTrackingServer(f"sqlite:///{work / 'mlflow.db'}", work / "mlruns",
                                  work / "server.log")
     with server:
@@ -94,7 +97,9 @@ def test_child_runs_carry_config_metrics_and_tags(finished_sweep) -> None:
             assert len(history) == epochs
             for key in ("train/acc", "val/acc", "val/loss", "epoch_time_s"):
                 assert len(client.get_metric_history(run.info.run_id, key)) == epochs
-        assert 0.0 <= run.data.metrics["test/acc"] <= 1.0
+            assert 0.0 <= run.data.metrics["test/acc"] <= 1.0
+        else:  # NaN weights: no test accuracy is measured, none is logged
+            assert "test/acc" not in run.data.metrics
 
 
 def test_diverging_trial_is_flagged_and_the_sweep_goes_on(finished_sweep) -> None:
@@ -108,10 +113,52 @@ def test_every_child_run_has_its_artifacts(finished_sweep, tmp_path: Path) -> No
     _, client = finished_sweep
     for run in children(client):
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert ARTIFACTS <= names, run.info.run_name
+        diverged = run.data.tags["diverged"] == "true"
+        assert names == (DIVERGED_ARTIFACTS if diverged else ARTIFACTS), run.info.run_name
     run = children(client)[0]
     local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     assert f"learning_rate: {run.data.params['learning_rate']}" in Path(local).read_text()
+
+
+def test_plain_mlflow_tools_read_every_artifact(finished_sweep, tmp_path: Path) -> None:
+    work, _ = finished_sweep
+    local = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")  # no server, no medgrid
+    for run in children(local):
+        assert run.info.artifact_uri.startswith((work / "mlruns").as_uri())
+        names = {a.path for a in local.list_artifacts(run.info.run_id)}
+        assert "history.csv" in names and "weights.npz" in names
+    copy = local.download_artifacts(children(local)[0].info.run_id, "history.csv", str(tmp_path))
+    assert Path(copy).read_text().startswith("epoch,")
+
+
+def test_the_terminal_shows_medgrids_lines_not_ray_boxes(finished_sweep) -> None:
+    work, _ = finished_sweep
+    text = (work / "terminal.txt").read_text()
+    for noise in ("╭", "Traceback", "TensorBoard", "Token authentication", "SystemExit",
+                  "iteration"):
+        assert noise not in text, noise
+    lines = text.splitlines()
+    for name in TRIALS:
+        assert sum(line == f"[medgrid] start  {name}" for line in lines) == 1, name
+        assert sum(line.startswith(f"[medgrid] done   {name}: ") for line in lines) == 1, name
+    assert "[medgrid] done   net lr=1000000.0 seed=42: DIVERGED at epoch 1" in lines
+    assert lines[-1].startswith("[medgrid] 4 trials: 3 finished, 1 diverged, 0 failed")
+
+
+def test_parent_run_summarises_the_sweep(finished_sweep) -> None:
+    _, client = finished_sweep
+    runs = children(client)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    metrics = parent.data.metrics
+    assert (metrics["trials_finished"], metrics["trials_diverged"],
+            metrics["trials_failed"]) == (3, 1, 0)
+    best = max((r for r in runs if r.data.tags["diverged"] == "false"),
+               key=lambda r: r.data.metrics["val/acc"])
+    assert metrics["best/val/acc"] == best.data.metrics["val/acc"]
+    assert parent.data.tags["best_trial"] == best.info.run_name
+    assert re.fullmatch(r"sweep both \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", parent.info.run_name)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_ray_results_go_to_the_storage_directory(finished_sweep) -> None:
@@ -119,10 +166,11 @@ def test_ray_results_go_to_the_storage_directory(finished_sweep) -> None:
     assert any((work / "ray_results").iterdir())
 
 
-def _fail_net(config: TrialConfig, data: Splits, on_epoch: EpochCallback) -> TrialResult:
+def _fail_net(config: TrialConfig, data: Splits, resume_from: TrialCheckpoint | None
+              ) -> TrialSession:
     if config.study == "net":
         raise RuntimeError(f"injected failure in {config.study}")
-    return run_trial(config, data, on_epoch)
+    return TrialSession(config, data, resume_from)
 
 
 def test_raising_trial_fails_in_mlflow_is_retried_and_the_sweep_goes_on(
@@ -132,7 +180,7 @@ def test_raising_trial_fails_in_mlflow_is_retried_and_the_sweep_goes_on(
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path)
     options = SweepOptions(data=tiny_npz, num_cpus=2, max_failures=1, experiment="faults")
-    assert run_sweep(space, options, trial_fn=_fail_net) == 1
+    assert run_sweep(space, options, make_session=_fail_net) == 1
     with LocalTrackingServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlruns",
                              tmp_path / "server.log") as server:
         client = MlflowClient(server.url)
