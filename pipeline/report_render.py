@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.report_tables import ReportTable, measured
+from pipeline.report_notes import digits, interval, measured, p_value
+from pipeline.report_stats import MCNEMAR, PAIRED_T
+from pipeline.report_summary import summary_frame
+from pipeline.report_tables import ReportTable
 
 LABELS = {"train/acc": "train acc", "val/acc": "val acc", "test/acc": "test acc",
-          "train/loss": "train loss", "train_time_s": "time (s)"}
+          "train/loss": "train loss", "train/loss_sum": "train loss (sum)",
+          "train_time_s": "time (s)", "run_name": "run"}
+SHORT_TESTS = {MCNEMAR: "McNemar", PAIRED_T: "paired t"}
+VERDICT_COLUMNS = ("p_vs_winner", "test_vs_winner", "test_detail", "verdict", "eligible",
+                   "diverged_trials", "stopped_epoch", "constant_prediction", "ref_config")
 
 
 @dataclass
@@ -32,47 +39,70 @@ class ReportDocument:
 
 def write_csvs(trials: pd.DataFrame, tables: list[ReportTable], directory: Path) -> None:
     """summary.csv (one row per trial) and `<table key>.csv` (one row per configuration)."""
-    trials.to_csv(directory / "summary.csv", index=False)
+    summary_frame(trials).to_csv(directory / "summary.csv", index=False)
     for table in tables:
         _csv_columns(table).to_csv(directory / f"{table.key}.csv", index=False,
-                                   float_format="%.6g")
+                                   float_format="%.10g")
 
 
 def _csv_columns(table: ReportTable) -> pd.DataFrame:
-    """Each metric's columns together (value, std, interval, published, difference)."""
+    """Each metric's columns together (value, std, interval, published, difference), then the
+    time ratios, then the test against the winner and the verdict."""
     data = table.data
     per_metric = [c for m in table.metrics for c in
-                  (m, f"{m}_std", f"{m}_ci95", f"{m}_ref", f"{m}_diff") if c in data]
-    tail = [c for c in ("verdict", "eligible", "ref_config") if c in data]
-    head = [c for c in data.columns if c not in (*per_metric, *tail)]
-    return data[[*head, *per_metric, *tail]]
+                  (m, f"{m}_std", f"{m}_lo", f"{m}_hi", f"{m}_ref", f"{m}_diff") if c in data]
+    ratios = [c for c in data if c.startswith("time_ratio_vs_")]
+    tail = [c for c in VERDICT_COLUMNS if c in data]
+    head = [c for c in data.columns if c not in (*per_metric, *ratios, *tail)]
+    return data[[*head, *per_metric, *ratios, *tail]]
 
 
 def table_cells(table: ReportTable) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted rows: measured value, published value and difference per metric."""
-    extra = ["setting"] if "setting" in table.data else []
-    headers = [table.config_header, *extra, "n", "status"]
+    """Headers and formatted rows: per metric the measured value (and for val acc its 95%
+    interval), the published value and the difference; time as a ratio; p and verdict."""
+    headers = [table.config_header, *(LABELS.get(c, c) for c in table.columns), "n", "status"]
     for metric in table.metrics:
-        headers += [LABELS.get(metric, metric), "ref", "Δ"]
-    headers.append("verdict")
+        headers += _metric_headers(table, metric)
+    headers += ["p vs winner", "verdict"]
     rows = []
     for _, row in table.data.iterrows():
-        cells = [str(row["config"]), *(str(row[c]) for c in extra), str(row["n"]),
+        cells = [str(row["config"]), *(str(row[c]) for c in table.columns), str(row["n"]),
                  str(row["status"])]
         for metric in table.metrics:
-            digits = 1 if metric == "train_time_s" else 4
-            ref, diff = row.get(f"{metric}_ref"), row.get(f"{metric}_diff")
-            cells += [measured(row, metric), _number(ref, f".{digits}f", digits),
-                      _number(diff, f"+.{digits}f", digits)]
-        cells.append(str(row["verdict"]))
+            cells += _metric_cells(table, row, metric)
+        test = SHORT_TESTS.get(row.get("test_vs_winner", ""))
+        cells += [f"{p_value(row['p_vs_winner'])} ({test})" if test else "—",
+                  str(row["verdict"])]
         rows.append(cells)
     return headers, rows
 
 
-def _number(value: object, spec: str, digits: int) -> str:
+def _metric_headers(table: ReportTable, metric: str) -> list[str]:
+    label = LABELS.get(metric, metric)
+    if metric == "train_time_s":
+        base = table.time_ratio.removeprefix("time_ratio_vs_")
+        return [label, f"time ÷ batch {base}", "published ÷"] if base else [label]
+    published = ["ref", "Δ"] if table.has_reference else []
+    return [label, *(["95% CI"] if metric == "val/acc" else []), *published]
+
+
+
+def _metric_cells(table: ReportTable, row: pd.Series, metric: str) -> list[str]:
+    places = digits(metric)
+    if metric == "train_time_s":
+        ratio = table.time_ratio
+        times = [row.get(ratio), row.get(f"{ratio}_ref")] if ratio else []
+        return [measured(row, metric), *(_number(t, ".2f", 2, "x") for t in times)]
+    ref, diff = row.get(f"{metric}_ref"), row.get(f"{metric}_diff")
+    published = [_number(ref, f".{places}f", places), _number(diff, f"+.{places}f", places)]
+    return [measured(row, metric), *([interval(row, metric)] if metric == "val/acc" else []),
+            *(published if table.has_reference else [])]
+
+
+def _number(value: object, spec: str, places: int, unit: str = "") -> str:
     if value is None or pd.isna(value):
         return "—"
-    return format(round(float(value), digits) + 0.0, spec)  # + 0.0: no "-0.0000"
+    return format(round(float(value), places) + 0.0, spec) + unit  # + 0.0: no "-0.0000"
 
 
 def render_markdown(doc: ReportDocument) -> str:
@@ -82,6 +112,7 @@ def render_markdown(doc: ReportDocument) -> str:
     lines += ["## How to read the tables", "", *(f"- {m}" for m in doc.method), ""]
     for table in doc.tables:
         lines += [f"## {table.title}" + (f" (study `{table.study}`)" if table.study else ""), ""]
+        lines += [f"*{table.caption}*", ""] if table.caption else []
         headers, rows = table_cells(table)
         lines.append(_md_row(headers))
         lines.append(_md_row(["---"] * len(headers)))
@@ -105,6 +136,8 @@ def render_html(doc: ReportDocument, directory: Path) -> str:
     for table in doc.tables:
         study = f" (study <code>{esc(table.study)}</code>)" if table.study else ""
         body.append(f"<h2>{esc(table.title)}{study}</h2>")
+        if table.caption:
+            body.append(f'<p class="caption">{_inline(table.caption)}</p>')
         headers, rows = table_cells(table)
         head = "".join(f"<th>{esc(h)}</th>" for h in headers)
         cells = ["".join(f'<td class="{esc(c)}">{esc(c)}</td>' if c == "winner" else
@@ -138,5 +171,5 @@ th:first-child, td:first-child { text-align: left; }
 td.winner { font-weight: bold; background: #e6f4e6; }
 .warning { background: #fff3cd; border: 1px solid #e0c36c; padding: 0.6em; }
 img { max-width: 100%; }
-figcaption { font-style: italic; font-size: 0.9em; }
+figcaption, .caption { font-style: italic; font-size: 0.9em; }
 """

@@ -2,12 +2,20 @@
 one row per trial (the planned trials that never got a run included, as MISSING).
 
 Reads through `MlflowClient` only (never the database file), so a local store and a tracking
-server behave the same. The tables need nothing but what `search_runs` returns (final metrics,
-params, tags); metric histories are fetched only for the few runs a figure or a time column needs.
+server behave the same. The tables need what `search_runs` returns (final metrics, params, tags:
+`diverged`, `stopped_early` = "true" and `stopped_epoch` = "k" for a trial the scheduler stopped
+after epoch k; the parent's `medgrid.sampled` for a sampled sweep), each run's `epoch_time_s`
+history (training time), and two optional artifacts of each finished run: `val_correct.npy`
+(1-D bool, True where the trial got that validation image right, in split order; absent for
+diverged trials and older runs) for the paired tests, and `confusion_matrix.csv` (test set, rows
+true, columns predicted) to spot a constant prediction.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +38,14 @@ FLOAT_PARAMS = ("learning_rate", "dropout", "l2_decay")
 CONFIG_PARAMS = tuple(k for k in TrialConfig.model_fields if k not in ("study", "seed"))
 METRICS = ("train/loss", "train/loss_sum", "train/acc", "val/loss", "val/acc", "test/acc",
            "epoch_time_s")
-LEAD_COLUMNS = ("study", "seed", "status", "diverged", "run_id", "run_name")
+LEAD_COLUMNS = ("study", "seed", "status", "diverged", "stopped_early", "stopped_epoch", "run_id",
+                "run_name")
 TAIL_COLUMNS = ("duration_s", "attempt", "node", "error")
 HISTORY_THREADS = 8  # histories are one request per run and metric: overlap their latency
+SAMPLED_TAG = "medgrid.sampled"  # on a sampled sweep's parent: JSON {param: distribution kind}
+SAMPLED_KINDS = ("loguniform", "uniform", "randint", "choice")
+CORRECT_FILE = "val_correct.npy"  # 1-D bool: the trial got that validation image right
+CONFUSION_FILE = "confusion_matrix.csv"  # rows true, columns predicted (test set)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,22 @@ class SweepInfo:
     def dataset(self) -> str:
         """Which data the trials used: octmnist, synthetic or a file stem."""
         return self.tags.get("dataset") or self.params.get("dataset") or "unknown"
+
+    @property
+    def sampled(self) -> dict[str, str]:
+        """{param: distribution kind} of a sampled sweep (tag `medgrid.sampled`), else {}."""
+        text = self.tags.get(SAMPLED_TAG)
+        if not text:
+            return {}
+        try:
+            kinds = json.loads(text)
+        except ValueError:
+            kinds = None
+        if not isinstance(kinds, dict) or not all(
+                isinstance(k, str) and v in SAMPLED_KINDS for k, v in kinds.items()):
+            raise UserError(f"sweep run {self.run_id}: tag {SAMPLED_TAG} = {text[:80]!r}; "
+                            f"expected a JSON object {{param: one of {', '.join(SAMPLED_KINDS)}}}")
+        return kinds
 
     def count(self, key: str) -> int | None:
         """An integer param of the parent run (n_val, n_test, n_trials), if recorded."""
@@ -167,6 +196,8 @@ def _trial_row(run: Any) -> dict[str, Any]:
     return {
         **params, "study": tags["study"], "run_id": info.run_id, "run_name": info.run_name,
         "status": info.status, "diverged": tags.get("diverged") == "true",
+        "stopped_early": tags.get("stopped_early") == "true",
+        "stopped_epoch": _int_or_nan(tags.get("stopped_epoch")),
         **{k: float(v) for k, v in run.data.metrics.items()},
         "duration_s": (end - info.start_time) / 1000 if end and info.start_time else np.nan,
         "attempt": tags.get("medgrid.attempt", ""), "node": tags.get("node", ""),
@@ -174,9 +205,16 @@ def _trial_row(run: Any) -> dict[str, Any]:
     }
 
 
+def _int_or_nan(text: str | None) -> float:
+    try:
+        return int(text) if text is not None else np.nan
+    except ValueError:
+        return np.nan
+
+
 def _missing_row(config: TrialConfig, name: str) -> dict[str, Any]:
     return {**config.model_dump(), "run_id": "", "run_name": name, "status": "MISSING",
-            "diverged": False}
+            "diverged": False, "stopped_early": False}
 
 
 def planned_trials(sweep: SweepInfo) -> dict[str, TrialConfig]:
@@ -203,9 +241,9 @@ def planned_trials(sweep: SweepInfo) -> dict[str, TrialConfig]:
 
 def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns in a fixed, readable order: who, config, final metrics, bookkeeping."""
-    for column in (*METRICS, *TAIL_COLUMNS):
+    for column in (*METRICS, *TAIL_COLUMNS, "stopped_epoch"):
         if column not in frame:
-            frame[column] = np.nan if column in METRICS or column == "duration_s" else ""
+            frame[column] = np.nan if column in (*METRICS, "duration_s", "stopped_epoch") else ""
     known = {*LEAD_COLUMNS, *CONFIG_PARAMS, *METRICS, *TAIL_COLUMNS}
     others = sorted(c for c in frame.columns if c not in known)
     metric_like = [c for c in others if "/" in c]  # metrics beyond the standard ones
@@ -214,7 +252,9 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame[order].copy()
     for column in ("attempt", "node", "error"):
         frame[column] = frame[column].fillna("")
-    frame["diverged"] = frame["diverged"].fillna(False).astype(bool)
+    for column in ("diverged", "stopped_early"):
+        frame[column] = frame[column].fillna(False).astype(bool)
+    frame["stopped_epoch"] = frame["stopped_epoch"].astype("Int64")  # "3", never "3.0"
     return frame.reset_index(drop=True)
 
 
@@ -237,17 +277,76 @@ def fetch_histories(client: MlflowClient, run_ids: Iterable[str], keys: Iterable
         raise UserError(f"MLflow at {client.tracking_uri}: {_first_line(exc)}") from exc
 
 
-def add_train_time(frame: pd.DataFrame, client: MlflowClient, studies: Iterable[str]
-                   ) -> pd.DataFrame:
-    """`train_time_s` (the sum of `epoch_time_s` over epochs) for the trials of `studies`."""
+def add_epoch_times(frame: pd.DataFrame, client: MlflowClient) -> pd.DataFrame:
+    """`train_time_s` (sum of `epoch_time_s` over the epochs a run logged) and
+    `epoch_time_mean_s` for every trial that has a run."""
     frame = frame.copy()
-    frame.insert(frame.columns.get_loc("epoch_time_s") + 1, "train_time_s", np.nan)
-    chosen = frame["study"].isin(list(studies)) & (frame["status"] == "FINISHED")
+    at = frame.columns.get_loc("epoch_time_s") + 1
+    frame.insert(at, "epoch_time_mean_s", np.nan)
+    frame.insert(at, "train_time_s", np.nan)
+    chosen = frame["run_id"].astype(bool)
     histories = fetch_histories(client, frame.loc[chosen, "run_id"], ["epoch_time_s"])
     for index in frame.index[chosen]:
-        history = histories[frame.at[index, "run_id"]]
-        frame.at[index, "train_time_s"] = float(history["epoch_time_s"].sum())
+        times = histories[frame.at[index, "run_id"]]["epoch_time_s"].dropna()
+        if len(times):
+            frame.at[index, "train_time_s"] = float(times.sum())
+            frame.at[index, "epoch_time_mean_s"] = float(times.mean())
     return frame
+
+
+@dataclass
+class TrialArtifacts:
+    """What the report reads from the trials' artifacts: per run id, which validation images it
+    got right, and whether it predicted one class for every test image; runs whose artifacts
+    could not be read, with the first reason."""
+
+    correct: dict[str, np.ndarray]
+    constant: dict[str, bool]
+    unreadable: list[str]
+    reason: str = ""
+
+
+def read_trial_artifacts(client: MlflowClient, run_ids: Iterable[str]) -> TrialArtifacts:
+    """`val_correct.npy` and `confusion_matrix.csv` of each run, where logged (older runs and
+    diverged trials have no `val_correct.npy`)."""
+    run_ids = list(dict.fromkeys(run_ids))
+    # MLflow draws a progress bar on stderr for every file it downloads.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    found = TrialArtifacts({}, {}, [])
+    with tempfile.TemporaryDirectory(prefix="medgrid-report-artifacts-") as tmp, \
+            ThreadPoolExecutor(HISTORY_THREADS) as pool:
+        results = pool.map(lambda r: _read_artifacts(client, r, Path(tmp) / r), run_ids)
+        for run_id, (correct, constant, error) in zip(run_ids, results, strict=True):
+            if error:
+                found.unreadable.append(run_id)
+                found.reason = found.reason or error
+            if correct is not None:
+                found.correct[run_id] = correct
+            if constant is not None:
+                found.constant[run_id] = constant
+    return found
+
+
+def _read_artifacts(client: MlflowClient, run_id: str, directory: Path
+                    ) -> tuple[np.ndarray | None, bool | None, str]:
+    """(val_correct, constant prediction, error) of one run; None where not logged."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        names = {Path(a.path).name for a in client.list_artifacts(run_id)}
+        correct = constant = None
+        if CORRECT_FILE in names:
+            correct = np.load(client.download_artifacts(run_id, CORRECT_FILE, str(directory)),
+                              allow_pickle=False)
+            if correct.ndim != 1 or correct.dtype != np.bool_:
+                raise ValueError(f"{CORRECT_FILE} is {correct.dtype} of shape {correct.shape}, "
+                                 "expected a 1-D bool array")
+        if CONFUSION_FILE in names:
+            path = client.download_artifacts(run_id, CONFUSION_FILE, str(directory))
+            matrix = pd.read_csv(path, index_col=0).to_numpy(dtype=float)
+            constant = bool((matrix.sum(axis=0) > 0).sum() == 1)  # one predicted class
+        return correct, constant, ""
+    except Exception as exc:  # noqa: BLE001 -- an unreadable optional artifact is "not known"
+        return None, None, f"run {run_id}: {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:

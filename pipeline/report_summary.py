@@ -1,0 +1,60 @@
+"""The trial frame made honest before any table or CSV uses it, and summary.csv made from it:
+a diverged trial's accuracies are not results (NaN), a param that does not apply to a model is
+left empty, and what the trials' artifacts say (constant prediction, val_correct.npy) is a column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.report_runs import TrialArtifacts
+
+# Params that mean nothing for a model (its learner ignores them). One mapping, here, until the
+# model specs say it themselves.
+NOT_APPLICABLE: dict[str, tuple[str, ...]] = {
+    "numpy_perceptron": ("batch_size", "hidden_size", "layers", "activation", "dropout",
+                         "l2_decay", "optimizer"),
+    "numpy_logreg": ("batch_size", "hidden_size", "layers", "activation", "dropout", "l2_decay",
+                     "optimizer"),
+    "numpy_mlp": ("batch_size", "layers", "dropout", "l2_decay", "optimizer"),
+    "torch_logreg": ("hidden_size", "layers", "activation", "dropout"),
+    "torch_ffn": (),
+}
+# A diverged trial's last values come from NaN weights (test/acc) or from before the loss blew
+# up (the rest): neither describes a trained model.
+DIVERGED_BLANK = ("train/acc", "val/acc", "test/acc", "val/loss")
+INT_COLUMNS = ("batch_size", "hidden_size", "layers", "epochs", "seed")
+
+
+def blank_diverged(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every accuracy of a diverged trial set to NaN."""
+    frame = frame.copy()
+    columns = [c for c in DIVERGED_BLANK if c in frame]
+    frame.loc[frame["diverged"].astype(bool), columns] = np.nan
+    return frame
+
+
+def add_artifact_flags(frame: pd.DataFrame, artifacts: TrialArtifacts) -> pd.DataFrame:
+    """`constant_prediction` (True, False, or empty when unknown) and `val_correct_logged`."""
+    frame = frame.copy()
+    at = frame.columns.get_loc("stopped_epoch") + 1
+    frame.insert(at, "val_correct_logged", frame["run_id"].isin(list(artifacts.correct)))
+    frame.insert(at, "constant_prediction",
+                 frame["run_id"].map(artifacts.constant).astype("boolean"))
+    return frame
+
+
+def summary_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv: one row per trial; a param that does not apply to the trial's model empty."""
+    frame = trials.copy()
+    for column in INT_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")  # an empty cell, not "16.0"
+    for model, params in NOT_APPLICABLE.items():
+        rows = frame["model"] == model
+        for param in params:
+            if param in frame:
+                frame[param] = frame[param].astype(object)
+                frame.loc[rows, param] = None
+    return frame
