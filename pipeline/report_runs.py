@@ -43,7 +43,8 @@ LEAD_COLUMNS = ("study", "seed", "status", "diverged", "stopped_early", "stopped
 TAIL_COLUMNS = ("duration_s", "attempt", "node", "error")
 HISTORY_THREADS = 8  # histories are one request per run and metric: overlap their latency
 SAMPLED_TAG = "medgrid.sampled"  # on a sampled sweep's parent: JSON {param: distribution kind}
-SAMPLED_KINDS = ("loguniform", "uniform", "randint", "choice")
+# Distribution kinds, and "grid" for a list that random search repeats for every sample.
+SAMPLED_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 CORRECT_FILE = "val_correct.npy"  # 1-D bool: the trial got that validation image right
 CONFUSION_FILE = "confusion_matrix.csv"  # rows true, columns predicted (test set)
 

@@ -4,6 +4,7 @@ Fast: plain DataFrames, no MLflow."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from pipeline.errors import UserError
+from pipeline.report_runs import SweepInfo
 from pipeline.report_stats import (
     MCNEMAR,
     PAIRED_T,
@@ -225,3 +228,18 @@ def test_no_time_ratio_for_runs_cut_short() -> None:
                           "stopped_epoch": [np.nan, np.nan]})
     table, column = add_time_ratio(table)
     assert table[column].isna().all()  # against a diverged baseline nothing compares
+
+
+def sweep_with(tag: str | None) -> SweepInfo:
+    """A sweep's parent run as the report sees it, with tag `medgrid.sampled` = `tag`."""
+    tags = {} if tag is None else {"medgrid.sampled": tag}
+    return SweepInfo("r", "s", "e", "1", "FINISHED", 0, "", tags, {})
+
+
+def test_the_sampled_tag_is_read_and_checked() -> None:
+    assert sweep_with(None).sampled == {}
+    kinds = {"learning_rate": "loguniform", "dropout": "uniform", "batch_size": "grid"}
+    assert sweep_with(json.dumps(kinds)).sampled == kinds
+    for bad in ("not json", '["learning_rate"]', '{"learning_rate": "gaussian"}'):
+        with pytest.raises(UserError, match="medgrid.sampled"):
+            _ = sweep_with(bad).sampled
