@@ -74,7 +74,8 @@ class SweepProgress:
         else:
             accs = "  ".join(a for a in (_acc(metrics, "val/acc"), _acc(metrics, "test/acc")) if a)
             stopped = f", stopped early at epoch {epoch}" if metrics.get("stopped_early") else ""
-            outcome = f"{accs}  ({epoch} epochs{stopped}, {took})"
+            epochs = f"{epoch} epoch" if epoch == 1 else f"{epoch} epochs"
+            outcome = f"{accs}  ({epochs}{stopped}, {took})"
         self._say(f"done   {name}: {outcome}")
 
     def trial_failed(self, name: str, attempt: int, error: str, will_retry: bool) -> None:

@@ -49,6 +49,7 @@ from pipeline.trial import TrialCheckpoint, TrialSession
 # How a trial session is made; tests swap in one that fails on purpose.
 SessionFactory = Callable[[TrialConfig, Splits, "TrialCheckpoint | None"], TrialSession]
 NAME_KEY = "name"  # a grid trial's run name, beside its config in Tune's config
+RUN_NAME_KEY = "run_name"  # in every result a trial reports: its MLflow run name
 PROGRESS_KEYS = ("train/loss", "val/acc", "val/loss", "train/acc")
 RUN_ID_FILE = "mlflow_run.json"  # in each checkpoint: the MLflow run the trial continues
 # MLflow credentials: a worker on another node runs with the environment of its `ray start`, not
@@ -108,19 +109,37 @@ class SweepPlan:
             return TrialConfig.model_validate(values)
         return config_from_values(self.study, values)
 
-    def trial_name(self, config: Mapping[str, Any], trial_id: str) -> str:
-        """The run name: the planned one for a grid trial; for a sampled one its rounded values
-        and Tune's trial index (two draws may round alike, or a choice repeat a config)."""
+    def trial_name(self, config: Mapping[str, Any]) -> str:
+        """The readable name: the planned one for a grid trial; for a sampled one its values
+        rounded (`RunNames` makes it unique)."""
         if self.study is None:
             return str(config[NAME_KEY])
-        index = trial_id.rsplit("_", 1)[-1].lstrip("0") or "0"
-        return f"{trial_name(self.study, self.trial_config(config))} #{index}"
+        return trial_name(self.study, self.trial_config(config))
 
     def models(self) -> set[str]:
         """The models the sweep trains."""
         if self.study is not None:
             return {self.study.model}
         return {str(point["model"]) for point in self.points}
+
+
+class RunNames:
+    """Tune's trial_name_creator: each trial's readable name, made unique by a suffix (" #2")
+    when two sampled trials round alike or a searcher repeats a config. Runs on the driver,
+    which sees every trial; the trainable reads the result as its `trial_name`."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+        self.used: set[str] = set()
+
+    def __call__(self, trial: Any) -> str:
+        base = name = self.plan.trial_name(trial.config)
+        copy = 1
+        while name in self.used:
+            copy += 1
+            name = f"{base} #{copy}"
+        self.used.add(name)
+        return name
 
 
 def check_resources_fit(bundles: list[dict[str, float]]) -> None:
@@ -167,7 +186,7 @@ class MedgridTrainable(tune.Trainable):
               target: TrackingTarget, make_session: SessionFactory) -> None:
         self.data, self.plan, self.target, self.make_session = data, plan, target, make_session
         self.trial_config = plan.trial_config(config)
-        self.name = plan.trial_name(config, self.trial_id)
+        self.name = self.trial_name or plan.trial_name(config)  # Tune's, from RunNames
         os.environ.update(target.credentials)  # MlflowClient reads them from the environment
         self.client = MlflowClient(target.uri)
         self.session: TrialSession | None = None
@@ -202,7 +221,8 @@ class MedgridTrainable(tune.Trainable):
             assert self.session is not None and self.run is not None
             record = self.session.step()
             self.run.log_epoch(record.epoch, record.metrics)
-            result = _progress(record.metrics, record.epoch, record.diverged)
+            result = {**_progress(record.metrics, record.epoch, record.diverged),
+                      RUN_NAME_KEY: self.name}
             if self.session.done:
                 result.update(self._close(stopped=False), done=True)
             return result
@@ -215,7 +235,8 @@ class MedgridTrainable(tune.Trainable):
         metrics = done.data.metrics
         result = _progress(metrics, int(done.data.params.get("epochs", 0)),
                            done.data.tags.get("diverged") == "true")
-        return {**result, "test/acc": metrics.get("test/acc", math.nan), "done": True}
+        return {**result, "test/acc": metrics.get("test/acc", math.nan), RUN_NAME_KEY: self.name,
+                "done": True}
 
     def _close(self, stopped: bool) -> dict[str, Any]:
         """Test the model, upload the artifacts, end the run FINISHED; Tune's last numbers."""
@@ -223,10 +244,10 @@ class MedgridTrainable(tune.Trainable):
         result = self.session.finish()
         if not result.diverged:  # a diverged model's test accuracy is not measured: absent
             self.run.log_epoch(self.session.epoch, {"test/acc": result.test_acc}, force=True)
-        tags = {"diverged": str(result.diverged).lower()}
+        tags = {"diverged": str(result.diverged).lower(),
+                tracking.STOPPED_TAG: str(stopped).lower()}
         if stopped:
-            tags.update({tracking.STOPPED_TAG: "true",
-                         tracking.STOPPED_EPOCH_TAG: str(self.session.epoch)})
+            tags[tracking.STOPPED_EPOCH_TAG] = str(self.session.epoch)
         self.run.set_tags(tags)
         with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
             write_trial_artifacts(result, self.name, Path(tmp))
@@ -308,8 +329,10 @@ def searcher(plan: SweepPlan) -> Any:
         return BasicVariantGenerator(points_to_evaluate=[dict(p) for p in plan.points])
     if search.algorithm == "random":
         return BasicVariantGenerator(random_state=search.seed)
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
     return OptunaSearch(seed=search.seed)
 
 
@@ -349,7 +372,7 @@ class _ProgressLines(tune.Callback):
 
     def _name(self, trial: Any) -> str:
         try:
-            return self.plan.trial_name(trial.config, trial.trial_id)
+            return str(trial)
         except (UserError, KeyError, ValueError):
             return str(trial.trial_id)
 
@@ -438,7 +461,7 @@ def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions) -> list[Tria
         search_alg=searcher(plan), scheduler=scheduler(plan), num_samples=plan.n_trials,
         metric=plan.search.metric, mode=plan.search.mode,
         max_concurrent_trials=options.max_concurrent, reuse_actors=False,
-        trial_name_creator=lambda t: plan.trial_name(t.config, t.trial_id),
+        trial_name_creator=RunNames(plan),
         trial_dirname_creator=lambda t: _trial_dirname(plan, t))
     tuner = tune.Tuner(trainable, param_space=param_space(plan), tune_config=tune_config,
                        run_config=_run_config(plan, options))
@@ -447,7 +470,7 @@ def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions) -> list[Tria
 
 def _trial_dirname(plan: SweepPlan, trial: Any) -> str:
     """A directory name without spaces or '=': the run name, made path-safe, plus Ray's id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.trial_name(trial.config, trial.trial_id))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.trial_name(trial.config))
     return f"{safe.strip('_')[:80]}_{trial.trial_id}"
 
 
@@ -482,14 +505,10 @@ def _run_config(plan: SweepPlan, options: LaunchOptions) -> tune.RunConfig:
 def _outcomes(results: Any, plan: SweepPlan) -> list[TrialOutcome]:
     outcomes = []
     for result in results:
-        trial_id = str(result.metrics.get("trial_id", "")) if result.metrics else ""
-        try:
-            name = plan.trial_name(result.config, trial_id)
-        except (UserError, KeyError, ValueError):
-            name = trial_id or "?"
+        metrics = dict(result.metrics or {})
+        name = str(metrics.get(RUN_NAME_KEY) or metrics.get("trial_id") or "?")
         error = f"{type(result.error).__name__}: {result.error}" if result.error else None
         status = "ERROR" if result.error else "TERMINATED"
-        metrics = dict(result.metrics or {})
         outcomes.append(TrialOutcome(name, status, metrics, error,
                                      not error and _stopped_early(result.config, metrics)))
     return outcomes
