@@ -8,7 +8,6 @@ for the figures -> write everything into a staging directory -> log it to the sw
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,19 +300,13 @@ def warnings(sweep: SweepInfo, trials: pd.DataFrame, artifacts: TrialArtifacts,
 
 
 def log_report(client: MlflowClient, sweep: SweepInfo, directory: Path) -> None:
-    """Upload the report as artifacts (under `report/`) of the sweep's parent run."""
-    from pipeline.sweep import open_tracking
+    """Upload the report as artifacts (under `report/`) of the sweep's parent run.
 
-    uri = client.tracking_uri
+    A local store's runs record plain file URIs (stores of medgrid 0.1 are upgraded when
+    opened, see `tracking_store`), so no server is needed here.
+    """
     try:
-        if sweep.artifact_uri.startswith("mlflow-artifacts:") and not uri.startswith("http"):
-            # Artifacts of runs created through a server live behind that server's proxy:
-            # serve the local store the way `medgrid tune` did.
-            with tempfile.TemporaryDirectory(prefix="medgrid-report-") as logs, \
-                    open_tracking(uri, Path("mlruns"), Path(logs)) as url:
-                MlflowClient(url).log_artifacts(sweep.run_id, str(directory), "report")
-        else:
-            client.log_artifacts(sweep.run_id, str(directory), "report")
+        client.log_artifacts(sweep.run_id, str(directory), "report")
     except (MlflowException, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not log the report to run {sweep.run_id} ({reason}); expected "

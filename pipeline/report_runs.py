@@ -32,6 +32,7 @@ from pipeline import tracking
 from pipeline.config import TrialConfig, expand, load_space
 from pipeline.errors import UserError
 from pipeline.tracking_server import is_remote, require_server
+from pipeline.tracking_store import upgrade_proxied_artifacts
 
 INT_PARAMS = ("seed", "epochs", "batch_size", "hidden_size", "layers")
 FLOAT_PARAMS = ("learning_rate", "dropout", "l2_decay")
@@ -102,6 +103,8 @@ def connect(uri: str) -> MlflowClient:
         if not path.is_file():
             raise UserError(f"--tracking-uri {uri}: no such file {path}; expected the "
                             "mlflow.db of an earlier `medgrid tune` (run from the same directory)")
+    # Runs of medgrid 0.1 recorded proxied artifact URIs that a local client cannot open.
+    upgrade_proxied_artifacts(uri, Path("mlruns"))
     try:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)  # opens the store now, not halfway through
