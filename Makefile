@@ -10,6 +10,8 @@ STAMP := $(VENV)/.medgrid-installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "== installing medgrid and its packages (Ray, MLflow, torch CPU, Optuna ...) into $(VENV):"
+	@echo "== about two minutes on the first run; later runs skip this step"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -38,5 +40,8 @@ cluster-demo:
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
 
+# Everything medgrid and its commands generate here (runs, results, reports, data it made);
+# nothing else. mlruns/ keeps its .gitkeep.
 clean:
-	rm -rf $(VENV) ray_results demo_out mlflow.db
+	rm -rf $(VENV) ray_results demo_out demo_report report_out boolean_out data mlflow.db mlflow.db-*
+	find mlruns -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
