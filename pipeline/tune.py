@@ -364,6 +364,25 @@ def _stopped_early(config: Mapping[str, Any], result: Mapping[str, Any]) -> bool
             and not result.get("diverged"))
 
 
+def _cause(trial: Any) -> str:
+    """The trial's error in one line: the original exception, not Ray's wrapper around it.
+    Tune has just written it to the trial's local error file (MLflow has the traceback)."""
+    error = None
+    path = trial.pickled_error_file
+    if path and Path(path).is_file():
+        try:
+            error = ray.cloudpickle.loads(Path(path).read_bytes())
+        except Exception:  # a best-effort line; never let it break the sweep
+            error = None
+    if error is None:
+        return "see its error.txt in MLflow"
+    if isinstance(error, ray.exceptions.RayActorError):
+        return "its process died (killed, out of memory, or its node was lost)"
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1][:200]}" if lines else type(cause).__name__
+
+
 class _ProgressLines(tune.Callback):
     """Tune's events, handed to medgrid's progress lines."""
 
@@ -386,10 +405,8 @@ class _ProgressLines(tune.Callback):
         self.progress.trial_ended(self._name(trial), result)
 
     def _error(self, trial: Any, will_retry: bool) -> None:
-        error = str(getattr(trial, "error_msg", None) or "see its error.txt in MLflow")
-        lines = [line for line in error.splitlines() if line.strip()]
-        self.progress.trial_failed(self._name(trial), trial.num_failures,
-                                   lines[-1] if lines else error, will_retry)
+        self.progress.trial_failed(self._name(trial), trial.num_failures, _cause(trial),
+                                   will_retry)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._error(trial, will_retry=True)
@@ -506,9 +523,14 @@ def _outcomes(results: Any, plan: SweepPlan) -> list[TrialOutcome]:
     outcomes = []
     for result in results:
         metrics = dict(result.metrics or {})
-        name = str(metrics.get(RUN_NAME_KEY) or metrics.get("trial_id") or "?")
+        name = metrics.get(RUN_NAME_KEY)
+        if not name:  # failed before its first result
+            try:
+                name = plan.trial_name(result.config)
+            except (UserError, KeyError, ValueError):
+                name = metrics.get("trial_id") or "?"
         error = f"{type(result.error).__name__}: {result.error}" if result.error else None
         status = "ERROR" if result.error else "TERMINATED"
-        outcomes.append(TrialOutcome(name, status, metrics, error,
+        outcomes.append(TrialOutcome(str(name), status, metrics, error,
                                      not error and _stopped_early(result.config, metrics)))
     return outcomes

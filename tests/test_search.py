@@ -3,6 +3,7 @@ what a user exploring beyond the homework's grid relies on."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -133,10 +134,10 @@ KILL_AT_EPOCH = 4
 
 
 def _killed_once_at_epoch(config: TrialConfig, data: Splits,
-                          resume_from: TrialCheckpoint | None) -> TrialSession:
+                          resume_from: TrialCheckpoint | None, *, marker: Path) -> TrialSession:
     """A session whose first attempt dies (SIGKILL, as an OOM kill or a lost node would) in
-    the middle of epoch 4: trained, not yet logged or checkpointed."""
-    marker = Path(os.environ["MEDGRID_TEST_MARKER"])
+    the middle of epoch 4: trained, not yet logged or checkpointed. `marker` (a file) says
+    that the first attempt already died."""
 
     class Killed(TrialSession):
         def step(self):  # type: ignore[no-untyped-def]
@@ -153,10 +154,10 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_to_the_same_weigh
         tmp_path: Path, tiny_npz: Path, monkeypatch) -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MEDGRID_TEST_MARKER", str(tmp_path / "killed"))
     (tmp_path / "ckpt.yaml").write_text(CHECKPOINTED)
     options = SweepOptions(data=tiny_npz, num_cpus=2, max_failures=1)
-    assert run_sweep(tmp_path / "ckpt.yaml", options, make_session=_killed_once_at_epoch) == 0
+    kill_once = functools.partial(_killed_once_at_epoch, marker=tmp_path / "killed")
+    assert run_sweep(tmp_path / "ckpt.yaml", options, make_session=kill_once) == 0
     assert (tmp_path / "killed").exists()  # the first attempt did die
     db = tmp_path / "mlflow.db"
     [run] = trial_runs(db)
