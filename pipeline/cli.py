@@ -129,7 +129,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, epochs=args.epochs, limit_train=args.limit_train,
         resume=args.resume, storage=args.storage, max_failures=args.max_failures,
-        checkpoint_every=args.checkpoint_every, verbose=args.verbose,
+        checkpoint_every=args.checkpoint_every, verbose=args.verbose, seeds=args.seeds,
     )
     return run_sweep(args.space, options)
 
@@ -156,6 +156,26 @@ def _nonnegative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
+
+
+HOMEWORK_SEED = 42  # the homework's seed: `--seeds N` starts from it
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """`--seeds 3` -> (42, 43, 44); `--seeds 1,7,9` -> (1, 7, 9)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count or a comma-separated list "
+                                         "of integer seeds") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a count >= 1")
+        return tuple(range(HOMEWORK_SEED, HOMEWORK_SEED + values[0]))
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct seeds >= 0")
+    return tuple(values)
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -191,6 +211,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                       "shared by all nodes for --resume on a cluster")
     tune.add_argument("--max-failures", type=_nonnegative_int, default=1,
                       help="retries of a failing trial")
+    tune.add_argument("--seeds", type=_seeds, metavar="N|S1,S2,...",
+                      help="replace every study's seeds: N seeds from 42 (42, 43, ...), or a "
+                      "list; several seeds give the report paired tests over seeds")
     tune.add_argument("--checkpoint-every", type=_nonnegative_int, metavar="N",
                       help="checkpoint each trial every N epochs (default: the space's "
                       "checkpoint_every, 1; 0: never)")

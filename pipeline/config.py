@@ -33,6 +33,7 @@ studies share).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -321,6 +322,18 @@ def load_space(path: str | Path) -> Sweep:
     }) for s in studies]
     return Sweep(name, path, digest.hexdigest(), tuple(studies), search, scheduler,
                  checkpoint_every)
+
+
+def with_seeds(sweep: Sweep, seeds: tuple[int, ...] | None) -> Sweep:
+    """The sweep with every study's seeds replaced (`medgrid tune --seeds`; None: as the files
+    say). A sampled study runs one seed per sample, so it takes one seed only."""
+    if seeds is None:
+        return sweep
+    if sweep.sampled_study is not None and len(seeds) > 1:
+        raise UserError(f"--seeds {','.join(map(str, seeds))}: {sweep.path} is a sampled study, "
+                        "which runs one seed per sample; expected one seed")
+    studies = tuple(s.model_copy(update={"seeds": list(seeds)}) for s in sweep.studies)
+    return dataclasses.replace(sweep, studies=studies)
 
 
 def expand(sweep: Sweep) -> list[PlannedTrial]:

@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.config import TrialConfig, expand, load_space
+from pipeline.config import TrialConfig, expand, load_space, with_seeds
 from pipeline.errors import UserError
 from pipeline.tracking_server import is_remote, require_server
 from pipeline.tracking_store import upgrade_proxied_artifacts
@@ -233,6 +233,9 @@ def planned_trials(sweep: SweepInfo) -> dict[str, TrialConfig]:
         return {}
     if loaded.content_sha256 != sweep.tags.get("space_sha256"):
         return {}
+    seeds = sweep.params.get("override.seeds")
+    if seeds:
+        loaded = with_seeds(loaded, tuple(int(s) for s in seeds.split(",")))
     cap = sweep.params.get("override.epochs_cap")
     plans = {}
     for trial in expand(loaded):

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import __version__, data, data_source, tracking
 from pipeline import tune as tuning
-from pipeline.config import Distribution, expand, load_space
+from pipeline.config import Distribution, expand, load_space, with_seeds
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
@@ -52,10 +52,13 @@ class SweepOptions:
     max_failures: int = 1
     checkpoint_every: int | None = None  # None: the space's (default 1, every epoch)
     verbose: bool = False
+    seeds: tuple[int, ...] | None = None  # replaces every study's seeds
+
 
     def overrides(self) -> dict[str, str]:
         """The options that change what trials do, recorded on every run."""
-        chosen = {"epochs_cap": self.epochs, "limit_train": self.limit_train}
+        seeds = ",".join(map(str, self.seeds)) if self.seeds else None
+        chosen = {"epochs_cap": self.epochs, "limit_train": self.limit_train, "seeds": seeds}
         return {f"override.{k}": str(v) for k, v in chosen.items() if v is not None}
 
 
@@ -72,7 +75,7 @@ class PlannedSweep:
 def plan_sweep(space: Path, options: SweepOptions) -> PlannedSweep:
     """Load and validate the space; grid points longest first, or the sampled study (epochs
     capped by `--epochs` either way, and ASHA's horizon with them)."""
-    sweep = load_space(space)
+    sweep = with_seeds(load_space(space), options.seeds)
     cap = options.epochs
     every = sweep.checkpoint_every if options.checkpoint_every is None else options.checkpoint_every
     scheduler = sweep.scheduler

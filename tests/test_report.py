@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from scipy.stats import ttest_rel
 
 from pipeline import tracking_server
 from pipeline.cli import main
@@ -616,3 +617,32 @@ def test_report_of_a_real_tiny_sweep(tmp_path: Path, tiny_npz: Path, monkeypatch
         assert (table(tmp_path / "report_out", key)["verdict"] == "winner").sum() == 1
     # Logged through a private server, as the trials' artifacts were.
     assert list(Path("mlruns").glob("*/*/artifacts/report/report.html"))
+
+
+@pytest.mark.slow
+def test_seeds_option_gives_tables_over_two_seeds_with_a_paired_t_test(
+        tmp_path: Path, tiny_npz: Path, monkeypatch) -> None:
+    (tmp_path / "net.yaml").write_text(REAL_SPACE["net.yaml"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "net.yaml", "--data", str(tiny_npz), "--num-cpus", "2",
+                 "--seeds", "7,8"]) == 0
+    assert main(["report"]) == 0
+    summary = pd.read_csv(tmp_path / "report_out" / "summary.csv")
+    assert sorted(summary["seed"]) == [7, 7, 8, 8]  # the file's seed 42 replaced
+    lr_table = table(tmp_path / "report_out", "table6_q2_lr")
+    assert list(lr_table["n"]) == [2, 2]
+    loser = lr_table[lr_table["verdict"] != "winner"].iloc[0]
+    assert loser["test_vs_winner"] == "paired t over seeds"
+    expected = paired_t_p(summary, loser["learning_rate"], lr_table)
+    assert loser["p_vs_winner"] == pytest.approx(expected)
+    html = (tmp_path / "report_out" / "report.html").read_text()
+    assert "n = 2 seeds per configuration" in html
+
+
+def paired_t_p(summary: pd.DataFrame, loser_lr: float, lr_table: pd.DataFrame) -> float:
+    """scipy's paired t-test of the loser's val/acc against the winner's, paired by seed."""
+    winner_lr = lr_table[lr_table["verdict"] == "winner"].iloc[0]["learning_rate"]
+    by = summary.set_index(["learning_rate", "seed"])["val/acc"]
+    seeds = [7, 8]
+    return float(ttest_rel([by[(loser_lr, s)] for s in seeds],
+                           [by[(winner_lr, s)] for s in seeds]).pvalue)
