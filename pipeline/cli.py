@@ -6,6 +6,7 @@ Every user error ends here as one line on stderr and exit code 2, without a trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -122,10 +123,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         require_server(args.tracking_uri)
     from pipeline.sweep import SweepOptions, run_sweep
 
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if address and args.num_cpus is not None:
+        given = "--ray-address" if args.ray_address else "RAY_ADDRESS"
+        raise UserError(f"--num-cpus {args.num_cpus} with {given} {address}: --num-cpus sizes "
+                        "a local Ray; expected one of them (a cluster has the CPUs it has)")
     options = SweepOptions(
         data=args.data, dataset=args.dataset, test_split=args.test_split,
         experiment=args.experiment, tracking_uri=args.tracking_uri,
-        ray_address=args.ray_address, num_cpus=args.num_cpus,
+        ray_address=address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, epochs=args.epochs, limit_train=args.limit_train,
         resume=args.resume, storage=args.storage, max_failures=args.max_failures,
@@ -192,7 +198,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
                       help="MLflow store or server (default: sqlite:///mlflow.db, served to the "
                       "trials by a private local server)")
-    tune.add_argument("--ray-address", help="join this Ray cluster (default: a local Ray)")
+    tune.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS if "
+                      "set, else a local Ray of the sweep's own)")
     tune.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray "
                       "(default: all)")
     tune.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")

@@ -255,10 +255,12 @@ class StudySpec(BaseModel):
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    """A trial config and its readable run name."""
+    """A trial config and its readable run name; `also` names the same training in other
+    studies (study -> its run name there), which `merge_identical` folded into this one."""
 
     config: TrialConfig
     name: str
+    also: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,27 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
     runs, so there is no list beforehand; use `sampled_space` for it.
     """
     return [trial for study in sweep.studies for trial in expand_study(study)]
+
+
+def merge_identical(trials: list[PlannedTrial]) -> list[PlannedTrial]:
+    """Train an identical configuration once: trials of different studies whose configs differ
+    only in `study` (e.g. q2_lr lr=0.1 and q2_batch batch=16, both the homework's default FFN)
+    become one, the first in file order, whose `also` records the others' studies and names."""
+    merged: dict[str, PlannedTrial] = {}
+    for trial in trials:
+        key = training_key(trial.config)
+        first = merged.get(key)
+        if first is None:
+            merged[key] = trial
+        elif trial.config.study not in (first.config.study, *first.also):
+            merged[key] = dataclasses.replace(first, also={**first.also,
+                                                           trial.config.study: trial.name})
+    return list(merged.values())
+
+
+def training_key(config: TrialConfig) -> str:
+    """What a trial's training depends on: every field but the study it is reported in."""
+    return repr(sorted(config.model_dump(exclude={"study"}).items()))
 
 
 def expand_study(study: StudySpec) -> list[PlannedTrial]:

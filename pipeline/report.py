@@ -34,6 +34,7 @@ from pipeline.report_runs import (
     connect,
     fetch_histories,
     find_sweep,
+    one_row_per_run,
     read_trial_artifacts,
     read_trials,
 )
@@ -69,10 +70,11 @@ class ReportResult:
 
     def summary(self) -> str:
         """One line for the terminal."""
-        counts = self.trials.apply(outcome, axis=1).value_counts()
+        runs = one_row_per_run(self.trials)
+        counts = runs.apply(outcome, axis=1).value_counts()
         states = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if o in counts)
         logged = f"; logged to run {self.sweep.run_id} (artifacts/report)" if self.logged else ""
-        return (f"report of sweep '{self.sweep.name}' ({len(self.trials)} trials: {states}) "
+        return (f"report of sweep '{self.sweep.name}' ({len(runs)} trials: {states}) "
                 f"written to {self.out}{logged}")
 
 
@@ -114,7 +116,7 @@ def read_sweep(client: MlflowClient, sweep: SweepInfo) -> tuple[pd.DataFrame, Tr
         rows = trials["study"].isin(sampled)
         trials.loc[rows, "config"] = sampled_labels(trials[rows], sweep.sampled)
     trials = add_epoch_times(trials, client)
-    done = trials.loc[trials["status"] == "FINISHED", "run_id"]
+    done = trials.loc[trials["status"] == "FINISHED", "run_id"].unique()
     artifacts = read_trial_artifacts(client, done)
     trials = add_artifact_flags(blank_diverged(trials), artifacts)
     return trials, artifacts
@@ -206,8 +208,9 @@ def describe(sweep: SweepInfo, trials: pd.DataFrame, artifacts: TrialArtifacts,
     """The report's header facts, warnings and reading guide."""
     tags, params = sweep.tags, sweep.params
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.start_time / 1000))
-    counts = trials.apply(outcome, axis=1).value_counts()
-    ran = int(trials.apply(outcome, axis=1).isin(["finished", "stopped"]).sum())
+    runs = one_row_per_run(trials)
+    counts = runs.apply(outcome, axis=1).value_counts()
+    ran = int(runs.apply(outcome, axis=1).isin(["finished", "stopped"]).sum())
     facts = [
         f"Sweep `{sweep.name}`: parent run `{sweep.run_id}` ({sweep.status}), experiment "
         f"`{sweep.experiment}`, started {started}; tracking `{options.tracking_uri}`.",
@@ -216,7 +219,7 @@ def describe(sweep: SweepInfo, trials: pd.DataFrame, artifacts: TrialArtifacts,
         f"{params.get('n_test', '?')} test images (test split `{tags.get('test_split', '?')}`); "
         "the winner is chosen on the validation split only.",
         f"Seeds per study: {seeds_per_study(trials)}.",
-        f"Trials: {len(trials)} ({', '.join(f'{counts[o]} {o}' for o in OUTCOMES if o in counts)})"
+        f"Trials: {len(runs)} ({', '.join(f'{counts[o]} {o}' for o in OUTCOMES if o in counts)})"
         f"; space file `{tags.get('space_file', '?')}`, git commit "
         f"`{tags.get('git_commit', '?')[:12]}`.",
         f"Paired tests: `val_correct.npy` found for {len(artifacts.correct)} of the {ran} "
@@ -289,7 +292,8 @@ def warnings(sweep: SweepInfo, trials: pd.DataFrame, artifacts: TrialArtifacts,
     if sweep.tags.get("test_split") == "full":
         notes.append(f"Test accuracies here use the full {sweep.params.get('n_test', '?')}-image "
                      "test split; the published ones use the homework's 529-image subset.")
-    planned, found = sweep.count("n_trials"), int((trials["status"] != "MISSING").sum())
+    found = int((one_row_per_run(trials)["status"] != "MISSING").sum())
+    planned = sweep.count("n_trials")
     if planned is not None and planned > found and not (trials["status"] == "MISSING").any():
         notes.append(f"The sweep planned {planned} trials but only {found} have a run; the "
                      "space file is gone or changed, so which ones are missing is unknown.")

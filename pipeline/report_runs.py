@@ -41,7 +41,7 @@ METRICS = ("train/loss", "train/loss_sum", "train/acc", "val/loss", "val/acc", "
            "epoch_time_s")
 LEAD_COLUMNS = ("study", "seed", "status", "diverged", "stopped_early", "stopped_epoch", "run_id",
                 "run_name")
-TAIL_COLUMNS = ("duration_s", "attempt", "node", "error")
+TAIL_COLUMNS = ("duration_s", "attempt", "node", "error", "studies")
 HISTORY_THREADS = 8  # histories are one request per run and metric: overlap their latency
 SAMPLED_TAG = "medgrid.sampled"  # on a sampled sweep's parent: JSON {param: distribution kind}
 # Distribution kinds, and "grid" for a list that random search repeats for every sample.
@@ -173,11 +173,30 @@ def read_trials(client: MlflowClient, sweep: SweepInfo) -> pd.DataFrame:
     if not runs:
         raise UserError(f"sweep run {sweep.run_id} ('{sweep.name}') has no trial runs; "
                         "expected child runs written by `medgrid tune`")
-    rows = [_trial_row(run) for run in sorted(runs, key=lambda r: r.info.start_time or 0)]
+    rows = [row for run in sorted(runs, key=lambda r: r.info.start_time or 0)
+            for row in _study_rows(_trial_row(run), run.data.tags.get(tracking.ALSO_TAG))]
     names = {row["run_name"] for row in rows}
     rows += [_missing_row(config, name) for name, config in planned_trials(sweep).items()
              if name not in names]
     return _tidy(pd.DataFrame(rows))
+
+
+def one_row_per_run(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials as runs: a run shared by several studies once (its first study's row)."""
+    shared = trials["run_id"].ne("") & trials["run_id"].duplicated()
+    return trials[~shared]
+
+
+def _study_rows(row: dict[str, Any], also: str | None) -> list[dict[str, Any]]:
+    """The trial's row, and one more per other study its training was shared with (same run,
+    that study's name), so that each study's table reads it; `studies` lists them all."""
+    try:
+        shared = dict(json.loads(also)) if also else {}
+    except (ValueError, TypeError):
+        shared = {}  # a hand-edited tag: the run still counts for its own study
+    row["studies"] = ",".join([row["study"], *shared])
+    return [row, *({**row, "study": study, "run_name": str(name)}
+                   for study, name in shared.items())]
 
 
 def _trial_row(run: Any) -> dict[str, Any]:

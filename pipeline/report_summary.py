@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.report_runs import TrialArtifacts
+from pipeline.report_runs import TrialArtifacts, one_row_per_run
 
 # Params that mean nothing for a model (its learner ignores them). One mapping, here, until the
 # model specs say it themselves.
@@ -46,8 +46,9 @@ def add_artifact_flags(frame: pd.DataFrame, artifacts: TrialArtifacts) -> pd.Dat
 
 
 def summary_frame(trials: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv: one row per trial; a param that does not apply to the trial's model empty."""
-    frame = trials.copy()
+    """summary.csv: one row per trial (a run shared by several studies once, `studies` naming
+    them); a param that does not apply to the trial's model empty."""
+    frame = one_row_per_run(trials).copy()
     for column in INT_COLUMNS:
         if column in frame:
             frame[column] = frame[column].astype("Int64")  # an empty cell, not "16.0"

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import __version__, data, data_source, tracking
 from pipeline import tune as tuning
-from pipeline.config import Distribution, expand, load_space, with_seeds
+from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
@@ -90,15 +90,19 @@ def plan_sweep(space: Path, options: SweepOptions) -> PlannedSweep:
         sampled = {k: v.kind for k, v in study.params.items() if isinstance(v, Distribution)}
         sampled.update({k: "grid" for k, v in study.params.items() if isinstance(v, list)})
         return PlannedSweep(sweep.name, sweep.content_sha256, plan, sampled)
+    trials = expand(sweep)
+    names = [trial.name for trial in trials]
+    for name in names:
+        if names.count(name) > 1:
+            raise UserError(f"{space}: two trials share the name '{name}'; "
+                            "expected every grid point once")
     points: dict[str, dict[str, object]] = {}
-    for trial in expand(sweep):
+    for trial in merge_identical(trials):
         config = trial.config
         if cap is not None and config.epochs > cap:
             config = config.model_copy(update={"epochs": cap})
-        if trial.name in points:
-            raise UserError(f"{space}: two trials share the name '{trial.name}'; "
-                            "expected every grid point once")
-        points[trial.name] = {**config.model_dump(), tuning.NAME_KEY: trial.name}
+        points[trial.name] = {**config.model_dump(), tuning.NAME_KEY: trial.name,
+                              tuning.ALSO_KEY: json.dumps(trial.also, sort_keys=True)}
     ordered = tuple(points[name] for name in longest_first(points))
     plan = tuning.SweepPlan(sweep.search, scheduler, every, points=ordered)
     return PlannedSweep(sweep.name, sweep.content_sha256, plan, {})

@@ -29,6 +29,7 @@ RAY_PATH_TAG = "medgrid.ray_experiment_path"
 ATTEMPT_TAG = "medgrid.attempt"
 SAMPLED_TAG = "medgrid.sampled"  # on a sampled sweep's parent: {param: distribution kind}
 STOPPED_TAG = "stopped_early"
+ALSO_TAG = "medgrid.also"  # JSON {study: run name}: other studies this trial's training serves
 STOPPED_EPOCH_TAG = "stopped_epoch"
 # MLflow's UI opens an experiment of this kind on its runs and charts, not on the GenAI overview.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

@@ -49,6 +49,7 @@ from pipeline.trial import TrialCheckpoint, TrialSession
 # How a trial session is made; tests swap in one that fails on purpose.
 SessionFactory = Callable[[TrialConfig, Splits, "TrialCheckpoint | None"], TrialSession]
 NAME_KEY = "name"  # a grid trial's run name, beside its config in Tune's config
+ALSO_KEY = "also"  # JSON {study: run name} of identical grid trials this one trains for
 RUN_NAME_KEY = "run_name"  # in every result a trial reports: its MLflow run name
 PROGRESS_KEYS = ("train/loss", "val/acc", "val/loss", "train/acc")
 RUN_ID_FILE = "mlflow_run.json"  # in each checkpoint: the MLflow run the trial continues
@@ -115,6 +116,12 @@ class SweepPlan:
         if self.study is None:
             return str(config[NAME_KEY])
         return trial_name(self.study, self.trial_config(config))
+
+    def also(self, config: Mapping[str, Any]) -> dict[str, str]:
+        """The other studies (study -> run name) that use this grid trial's training."""
+        if self.study is None and config.get(ALSO_KEY):
+            return dict(json.loads(str(config[ALSO_KEY])))
+        return {}
 
     def models(self) -> set[str]:
         """The models the sweep trains."""
@@ -186,6 +193,7 @@ class MedgridTrainable(tune.Trainable):
               target: TrackingTarget, make_session: SessionFactory) -> None:
         self.data, self.plan, self.target, self.make_session = data, plan, target, make_session
         self.trial_config = plan.trial_config(config)
+        self.also = plan.also(config)
         self.name = self.trial_name or plan.trial_name(config)  # Tune's, from RunNames
         os.environ.update(target.credentials)  # MlflowClient reads them from the environment
         self.client = MlflowClient(target.uri)
@@ -197,8 +205,9 @@ class MedgridTrainable(tune.Trainable):
         self.already_done = done  # finished before the driver died: don't train or log again
 
     def _tags(self) -> dict[str, str]:
+        shared = {tracking.ALSO_TAG: json.dumps(self.also, sort_keys=True)} if self.also else {}
         return {"study": self.trial_config.study, "seed": str(self.trial_config.seed),
-                "node": _node_label(), **self.target.tags}
+                "node": _node_label(), **shared, **self.target.tags}
 
     def _start(self, checkpoint: TrialCheckpoint | None, run_id: str | None) -> None:
         """Open (or continue) the MLflow run first, so that a trial failing to build is a
@@ -457,8 +466,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     if address:
         ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
-                 runtime_env=runtime_env)
+        # "local": always a Ray of this sweep's own. Left unset, Ray would join whatever Ray
+        # `ray start` last left on this machine (/tmp/ray/ray_current_cluster).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=verbose, runtime_env=runtime_env)
 
 
 @dataclass(frozen=True)

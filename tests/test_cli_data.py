@@ -70,3 +70,16 @@ def test_truncated_file_in_a_real_process(tmp_path: Path, tiny_npz: Path) -> Non
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and str(cut) in result.stderr
+
+
+@pytest.mark.parametrize("how", ["environment", "flag"])
+def test_num_cpus_beside_a_cluster_address_is_one_line_exit_2(how: str, tiny_npz: Path,
+                                                              monkeypatch, capsys) -> None:
+    argv = ["tune", "search_spaces/q2_lr.yaml", "--data", str(tiny_npz), "--num-cpus", "1"]
+    if how == "environment":
+        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    else:
+        argv += ["--ray-address", "10.0.0.9:6379"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-cpus 1" in err and "10.0.0.9:6379" in err

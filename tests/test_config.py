@@ -12,12 +12,14 @@ from pipeline.config import (
     REPORTED_METRICS,
     AshaSpec,
     Distribution,
+    PlannedTrial,
     SearchSpec,
     TrialConfig,
     config_from_values,
     expand,
     expand_study,
     load_space,
+    merge_identical,
     sampled_keys,
     sampled_space,
     trial_name,
@@ -429,3 +431,17 @@ def test_a_sweep_of_one_sampled_study(tmp_path: Path) -> None:
     assert sweep.sampled_study is sweep.studies[0]
     assert sweep.search == SearchSpec(algorithm="random", num_samples=5)
     assert sweep.scheduler == AshaSpec(max_t=10) and expand(sweep) == []
+
+
+def test_identical_configurations_across_studies_are_trained_once() -> None:
+    trials = expand(load_space(SPACES / "hw1.yaml"))
+    merged = merge_identical(trials)
+    assert len(trials) == 16 and len(merged) == 15
+    shared = next(t for t in merged if t.also)
+    assert shared.name == "q2_batch batch=16 seed=42"
+    assert shared.also == {"q2_lr": "q2_lr lr=0.1 seed=42"}
+    assert "q2_lr lr=0.1 seed=42" not in {t.name for t in merged}
+    # Another seed is another training: nothing merged.
+    seeded = merge_identical([*trials, *(
+        PlannedTrial(t.config.model_copy(update={"seed": 7}), t.name + "7") for t in trials)])
+    assert len(seeded) == 15 + 15

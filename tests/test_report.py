@@ -19,7 +19,7 @@ from scipy.stats import ttest_rel
 
 from pipeline import tracking_server
 from pipeline.cli import main
-from pipeline.config import PlannedTrial, TrialConfig, expand, load_space
+from pipeline.config import PlannedTrial, TrialConfig, expand, load_space, merge_identical
 from pipeline.report_stats import wilson_interval
 from pipeline.tracking_server import free_port
 
@@ -120,7 +120,8 @@ def log_trial(client: MlflowClient, experiment_id: str, parent: str, trial: Plan
     name, config = trial.name, trial.config
     run = client.create_run(experiment_id, run_name=name, tags={
         "mlflow.parentRunId": parent, "medgrid.kind": "trial", "study": config.study,
-        "seed": str(config.seed), "node": "test", "medgrid.attempt": "1"})
+        "seed": str(config.seed), "node": "test", "medgrid.attempt": "1",
+        **({"medgrid.also": json.dumps(trial.also)} if trial.also else {})})
     run_id = run.info.run_id
     params = [Param(k, str(v)) for k, v in config.model_dump().items()]
     params += [Param("dataset", "synthetic"), Param("test_split", "hw1")]
@@ -218,7 +219,7 @@ def store(tmp_path_factory) -> dict:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("medgrid", artifact_location=str(work / "art"))
-    planned = expand(space)
+    planned = merge_identical(expand(space))  # q2_batch batch=16 seed=1 is q2_lr lr=0.1 seed=1
     parent = client.create_run(experiment_id, run_name="sweep tiny", tags={
         "medgrid.kind": "sweep", "medgrid.sweep": "tiny", "space_file": str(space.path),
         "space_sha256": space.content_sha256, "dataset": "synthetic", "dataset_md5": "abc",
@@ -294,10 +295,22 @@ def test_summary_times_stops_and_params_that_do_not_apply(report: Path) -> None:
                   "optimizer"):
         assert pd.isna(perceptron[param]), param
     assert perceptron["learning_rate"] == 1.0 and perceptron["epochs"] == 3
-    assert by_name.loc["q2_lr lr=0.1 seed=1", "batch_size"] == 16
-    assert by_name.loc["q2_lr lr=0.1 seed=1", "optimizer"] == "sgd"
+    assert by_name.loc["q2_lr lr=0.1 seed=2", "batch_size"] == 16
+    assert by_name.loc["q2_lr lr=0.1 seed=2", "optimizer"] == "sgd"
     assert bool(perceptron["constant_prediction"]) is True
-    assert bool(by_name.loc["q2_lr lr=0.1 seed=1", "constant_prediction"]) is False
+    assert bool(by_name.loc["q2_lr lr=0.1 seed=2", "constant_prediction"]) is False
+
+
+def test_one_run_shared_by_two_studies_is_read_by_both_tables(store, report: Path) -> None:
+    shared = store["runs"]["q2_batch batch=16 seed=1"]
+    assert "q2_lr lr=0.1 seed=1" not in store["runs"]  # trained once, for both studies
+    summary = summary_csv(report)
+    row = summary[summary["run_id"] == shared]
+    assert len(row) == 1 and row.iloc[0]["studies"] == "q2_batch,q2_lr"
+    assert table(report, "table5_q2_batch").loc["batch=16", "n"] == 1
+    lr = table(report, "table6_q2_lr").loc["lr=0.1"]
+    assert lr["n"] == 3  # seeds 2 and 3 of its own, seed 1 shared with q2_batch
+    assert lr["val/acc"] == pytest.approx((0.80 + 0.81 + 0.82) / 3)
 
 
 def test_winner_is_chosen_by_validation_accuracy_not_test(report: Path) -> None:

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import main
 from pipeline.config import TrialConfig, load_space
 from pipeline.data import Splits, load_splits
+from pipeline.process_session import kill_session
 from pipeline.sweep import SweepOptions, plan_sweep, run_sweep
 from pipeline.trial import TrialCheckpoint, TrialSession, run_trial
 from pipeline.tune import param_space, searcher
@@ -197,7 +198,7 @@ def test_driver_killed_then_resume_ends_with_num_samples_distinct_trials(
                str(tiny_npz), "--num-cpus", "1", "--max-concurrent", "1"]
     db = tmp_path / "mlflow.db"
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
         if sum(r.info.status == "FINISHED" for r in trial_runs(db)) >= 2:
@@ -206,14 +207,20 @@ def test_driver_killed_then_resume_ends_with_num_samples_distinct_trials(
     assert driver.poll() is None, "the sweep ended before it could be killed"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    # The killed driver's local Ray outlives it; stop it before resuming (one sweep at a time).
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
-                   capture_output=True, timeout=60)
+    # The killed driver's local Ray and MLflow server outlive it, in its session: kill them
+    # there (not `ray stop --force`, which would also stop this process's own Ray).
+    assert kill_session(driver.pid) == []
     before = {r.info.run_name for r in trial_runs(db) if r.info.status == "FINISHED"}
     assert 2 <= len(before) < 6
-    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    log = tmp_path / "resume.log"
+    with open(log, "wb") as out:
+        resumed = subprocess.Popen([*command, "--resume"], cwd=tmp_path, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = resumed.wait(timeout=600)
+    finally:
+        kill_session(resumed.pid)  # whatever it left (nothing, after a clean exit)
+    assert code == 0, log.read_text()
     runs = trial_runs(db)
     assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.params["learning_rate"] for r in runs}) == 6  # none sampled twice
