@@ -83,7 +83,18 @@ class TrialConfig(BaseModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     l2_decay: float = Field(default=0.0, ge=0.0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    # Float precision of the weights: float64 for the numpy models (the homework's), float32 for
+    # torch; filled in from the model when not written, so the logged param always says it.
+    dtype: Literal["float64", "float32"] = "float64"
 
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_from_the_model(cls, data: Any) -> Any:
+        model = data.get("model") if isinstance(data, Mapping) else None
+        if isinstance(model, str) and "dtype" not in data:
+            return {**data, "dtype": "float64" if model.startswith("numpy_") else "float32"}
+        return data
 
     @model_validator(mode="after")
     def _options_fit_the_model(self) -> TrialConfig:
@@ -96,6 +107,8 @@ class TrialConfig(BaseModel):
                      "optimizer": "sgd"}
         elif self.model == "torch_logreg":
             fixed = {"layers": 1, "hidden_size": 200, "activation": "relu", "dropout": 0.0}
+        if self.model.startswith("torch_"):
+            fixed["dtype"] = "float32"  # the torch models train in float32 only
         for key, expected in fixed.items():
             if getattr(self, key) != expected:
                 raise ValueError(f"{key} = {getattr(self, key)!r} is not supported by "

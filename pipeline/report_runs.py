@@ -206,6 +206,8 @@ def _trial_row(run: Any) -> dict[str, Any]:
     if "study" not in tags:
         raise UserError(f"{where} has no 'study' tag; expected trial runs written by this "
                         "version of `medgrid tune` (older schema?)")
+    # `dtype` came later: every run logged before it trained in float32, numpy and torch alike.
+    params.setdefault("dtype", "float32")
     absent = [k for k in TrialConfig.model_fields if k not in params]
     if absent:
         raise UserError(f"{where} lacks param '{absent[0]}'; expected every TrialConfig "

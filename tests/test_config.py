@@ -445,3 +445,25 @@ def test_identical_configurations_across_studies_are_trained_once() -> None:
     seeded = merge_identical([*trials, *(
         PlannedTrial(t.config.model_copy(update={"seed": 7}), t.name + "7") for t in trials)])
     assert len(seeded) == 15 + 15
+
+
+def test_dtype_follows_the_model_unless_written(tmp_path: Path) -> None:
+    trials = expand(load_space(SPACES / "hw1.yaml"))
+    assert {t.config.model: t.config.dtype for t in trials} == {
+        "numpy_perceptron": "float64", "numpy_logreg": "float64", "numpy_mlp": "float64",
+        "torch_logreg": "float32", "torch_ffn": "float32"}
+    assert [t.name for t in trials] == HW1_NAMES  # the default is not part of a name
+    # Written, it is the trial's; gridded, it is part of the name like any gridded key.
+    space = _write(tmp_path, "name: np\nmodel: numpy_mlp\nparams: {epochs: 1, learning_rate: "
+                             "0.001, dtype: [float64, float32]}\n")
+    assert [(t.name, t.config.dtype) for t in expand(load_space(space))] == [
+        ("np dtype=float64 seed=42", "float64"), ("np dtype=float32 seed=42", "float32")]
+    study = load_space(_write(tmp_path, SAMPLED)).studies[0]
+    assert config_from_values(study, {"learning_rate": 0.01}).dtype == "float32"
+
+
+def test_torch_model_in_float64_is_refused_at_load(tmp_path: Path) -> None:
+    space = _write(tmp_path, STUDY.replace("batch_size: 16", "batch_size: 16\n  dtype: float64"))
+    message = _one_line_error(space)
+    assert str(space) in message
+    assert "dtype = 'float64' is not supported by torch_ffn; expected 'float32'" in message

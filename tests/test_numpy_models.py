@@ -249,7 +249,7 @@ def test_mlp_init_follows_the_homework() -> None:
     learner = nm.build("numpy_mlp", config("numpy_mlp"), make_splits(n=8))
     p = learner.params
     assert p.W1.shape == (200, 784) and p.W2.shape == (N_CLASSES, 200)
-    assert p.W1.dtype == np.float32
+    assert p.W1.dtype == np.float64  # the homework's precision, the default
     assert p.W1.mean() == pytest.approx(0.1, abs=0.002)
     assert p.W1.std() == pytest.approx(0.1, abs=0.002)
     assert p.W2.mean() == pytest.approx(0.1, abs=0.015)
@@ -263,9 +263,13 @@ def test_linear_models_start_at_zero() -> None:
         assert weights.shape == (N_CLASSES, 785) and not weights.any()
 
 
-@pytest.mark.parametrize(("model", "lr"), [("numpy_mlp", 1e30), ("numpy_logreg", 1e38)])
-def test_a_huge_learning_rate_diverges_without_raising(model: str, lr: float) -> None:
-    learner = nm.build(model, config(model, learning_rate=lr, epochs=3), make_splits())
+@pytest.mark.parametrize(("model", "lr", "dtype"), [
+    ("numpy_mlp", 1e30, "float32"), ("numpy_logreg", 1e38, "float32"),
+    ("numpy_mlp", 1e300, "float64"), ("numpy_logreg", 1e306, "float64")])
+def test_a_huge_learning_rate_diverges_without_raising(model: str, lr: float, dtype: str
+                                                       ) -> None:
+    learner = nm.build(model, config(model, learning_rate=lr, epochs=3, dtype=dtype),
+                       make_splits())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not even a RuntimeWarning escapes
         records = list(fit(learner, epochs=3))
@@ -323,3 +327,19 @@ def test_options_only_torch_implements_are_refused() -> None:
 def test_hidden_size_comes_from_the_config() -> None:
     learner = nm.build("numpy_mlp", config("numpy_mlp", hidden_size=13), make_splits(n=8))
     assert learner.state_dict()["W1"].shape == (13, 784)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_trial_trains_in_float64_unless_it_asks_for_float32(model: str) -> None:
+    from pipeline.models import build_learner  # the registry, as a trial builds its learner
+
+    data = make_splits(n=40)
+    for written, expected in [({}, np.float64), ({"dtype": "float32"}, np.float32)]:
+        trial = config(model, learning_rate=0.01, hidden_size=8, **written)
+        assert trial.dtype == np.dtype(expected).name
+        learner = build_learner(trial, data)
+        learner.train_epoch()
+        params = [a for k, a in learner.get_state().items() if k.startswith("param/")]
+        params += list(learner.state_dict().values())
+        assert params and all(a.dtype == expected for a in params), written
+        assert all(np.isfinite(a).all() for a in params)

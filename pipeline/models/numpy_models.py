@@ -2,7 +2,8 @@
 regression and a one-hidden-layer ReLU MLP, each trained by per-sample SGD.
 
 Each learner runs the seeded per-sample epoch loop and blockwise evaluation around the kernels of
-`numpy_math` (in-place BLAS updates, no allocation per sample); float32 is the default. The bias
+`numpy_math` (in-place BLAS updates, no allocation per sample), in the trial's `dtype`: float64
+by default (the homework's precision), float32 as the faster option. The bias
 is kept as a separate vector `b`; `state_dict` gives the linear models' weights back in the
 homework's (4, 785) layout, bias in the last column.
 
@@ -72,6 +73,8 @@ class _NumpyLearner:
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         self.ws = Workspace(hidden, self.dtype)
+        # The data is float32: a learner of another dtype casts each sample into this buffer.
+        self._x = np.empty(data.x_train.shape[1], self.dtype)
         self.epochs_done = 0
 
     def _params(self) -> dict[str, np.ndarray]:
@@ -119,15 +122,17 @@ class _NumpyLearner:
         x_all, y_all = self.data.x_train, self.data.y_train
         n = len(y_all)
         order = epoch_order(self.rng, n)
-        convert = x_all.dtype != self.dtype  # only float64 learners (tests) pay for this
-        step = self._step
+        convert = x_all.dtype != self.dtype  # float64 learners cast each sample (no allocation)
+        step, x_buf = self._step, self._x
         total = 0.0
         # One BLAS thread: per-sample calls are too small to split, and on a busy machine
         # threads waiting on each other made an epoch ~8x slower. Overflow is how divergence
         # shows; `fit` reads it from the non-finite loss.
         with threadpool_limits(limits=1, user_api="blas"), np.errstate(all="ignore"):
             for i, y in zip(order.tolist(), y_all[order].tolist(), strict=True):
-                total += step(x_all[i].astype(self.dtype) if convert else x_all[i], y)
+                if convert:
+                    np.copyto(x_buf, x_all[i])
+                total += step(x_buf if convert else x_all[i], y)
                 if not math.isfinite(total):
                     break  # the weights are inf/NaN from here on: the rest is wasted time
         self.epochs_done += 1
@@ -243,10 +248,11 @@ _FACTORIES: dict[str, Callable[[TrialConfig, Splits, np.dtype], _NumpyLearner]] 
 }
 
 
-def build(name: str, config: TrialConfig, data: Splits, dtype: np.dtype = DEFAULT_DTYPE
+def build(name: str, config: TrialConfig, data: Splits, dtype: np.dtype | None = None
           ) -> Learner:
-    """The numpy learner `name`, bound to `data`, seeded with `config.seed`."""
+    """The numpy learner `name`, bound to `data`, seeded with `config.seed`, in `config.dtype`
+    (`dtype`, if given, overrides it: for tests and benchmarks)."""
     if name not in _FACTORIES:
         raise UserError(f"model = {name!r}: expected one of {sorted(_FACTORIES)}")
     # Options these models do not have (dropout, L2, ...) are refused by TrialConfig itself.
-    return _FACTORIES[name](config, data, dtype)
+    return _FACTORIES[name](config, data, np.dtype(config.dtype if dtype is None else dtype))
