@@ -99,10 +99,14 @@ def connect(uri: str) -> MlflowClient:
         return MlflowClient(require_server(uri))
     if uri.startswith("sqlite:///"):
         # The client would create an empty store for a missing file: reading must not.
-        path = Path(urllib.parse.unquote(uri[len("sqlite:///"):]).split("?")[0])
+        location, question, query = uri[len("sqlite:///"):].partition("?")
+        path = Path(urllib.parse.unquote(location))
         if not path.is_file():
             raise UserError(f"--tracking-uri {uri}: no such file {path}; expected the "
                             "mlflow.db of an earlier `medgrid tune` (run from the same directory)")
+        # MLflow caches one store per URI string: a relative URI would keep reading the file of
+        # the directory it was first opened in, so the client gets the absolute one.
+        uri = f"sqlite:///{path.resolve()}{question}{query}"
     # Runs of medgrid 0.1 recorded proxied artifact URIs that a local client cannot open.
     upgrade_proxied_artifacts(uri, Path("mlruns"))
     try:
@@ -182,8 +186,11 @@ def read_trials(client: MlflowClient, sweep: SweepInfo) -> pd.DataFrame:
 
 
 def one_row_per_run(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials as runs: a run shared by several studies once (its first study's row)."""
-    shared = trials["run_id"].ne("") & trials["run_id"].duplicated()
+    """The trials as runs: a run shared by several studies once (its first study's row).
+    Rows without a run id (planned trials that never ran, tables built by hand) are kept."""
+    if "run_id" not in trials:
+        return trials
+    shared = trials["run_id"].notna() & trials["run_id"].ne("") & trials["run_id"].duplicated()
     return trials[~shared]
 
 

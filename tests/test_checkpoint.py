@@ -16,7 +16,7 @@ from pipeline import models
 from pipeline.config import TrialConfig
 from pipeline.data import Splits
 from pipeline.errors import UserError
-from pipeline.models import build_learner, numpy_models
+from pipeline.models import build_learner
 from pipeline.train import EpochRecord
 from pipeline.trial import TrialCheckpoint, TrialResult, run_trial
 
@@ -27,7 +27,8 @@ CASES: dict[str, dict[str, object]] = {
     "numpy_perceptron": dict(model="numpy_perceptron", learning_rate=1.0),
     "numpy_logreg": dict(model="numpy_logreg", learning_rate=0.001),
     "numpy_mlp": dict(model="numpy_mlp", learning_rate=0.001, hidden_size=HIDDEN),
-    "numpy_mlp-float64": dict(model="numpy_mlp", learning_rate=0.001, hidden_size=HIDDEN),
+    "numpy_mlp-float32": dict(model="numpy_mlp", learning_rate=0.001, hidden_size=HIDDEN,
+                              dtype="float32"),
     "torch_logreg-sgd": dict(model="torch_logreg", learning_rate=0.01),
     "torch_logreg-adam": dict(model="torch_logreg", learning_rate=0.001, optimizer="adam"),
     "torch_ffn-sgd": dict(model="torch_ffn", learning_rate=0.1),
@@ -48,12 +49,6 @@ def make_config(case: str, **overrides: object) -> TrialConfig:
     if values["model"] == "torch_ffn":
         values.setdefault("hidden_size", HIDDEN)
     return TrialConfig(**{**values, **overrides})
-
-
-def use_float64_mlp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make `build_learner` (and so `run_trial`) build numpy_mlp in float64."""
-    monkeypatch.setitem(models.REGISTRY, "numpy_mlp", lambda c, d: numpy_models.build(
-        "numpy_mlp", c, d, dtype=np.float64))
 
 
 def run_with_checkpoints(config: TrialConfig, data: Splits,
@@ -82,10 +77,7 @@ def assert_same_state(actual: dict[str, np.ndarray], expected: dict[str, np.ndar
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("resume_after", [1, 2])
 def test_a_resumed_trial_ends_bitwise_identical(case: str, resume_after: int, tiny_splits: Splits,
-                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                ) -> None:
-    if case.endswith("-float64"):
-        use_float64_mlp(monkeypatch)
+                                                tmp_path: Path) -> None:
     case_config = make_config(case)
     plain = run_trial(case_config, tiny_splits)
     full, checkpoints = run_with_checkpoints(case_config, tiny_splits)
@@ -109,7 +101,7 @@ def test_a_resumed_trial_ends_bitwise_identical(case: str, resume_after: int, ti
     # The whole final training state too: optimiser moments, step counts, RNG, epochs done.
     assert_same_state(later[EPOCHS].learner_state, checkpoints[EPOCHS].learner_state)
     if case_config.model == "numpy_mlp":
-        dtype = np.float64 if case.endswith("-float64") else np.float32
+        dtype = np.float32 if case.endswith("-float32") else np.float64
         assert loaded.learner_state["param/W1"].dtype == dtype
 
 
@@ -187,8 +179,9 @@ def test_checkpoints_come_every_k_epochs_before_that_epochs_report(tiny_splits: 
 
 def test_no_checkpoint_of_a_diverged_epoch(tiny_splits: Splits) -> None:
     taken: list[TrialCheckpoint] = []
-    result = run_trial(make_config("numpy_logreg", learning_rate=1e38), tiny_splits,
-                       checkpoint_every=1, on_checkpoint=taken.append)
+    # At this rate float32 overflows in these 3 epochs; float64's wider range would not.
+    config = make_config("numpy_logreg", learning_rate=1e38, dtype="float32")
+    result = run_trial(config, tiny_splits, checkpoint_every=1, on_checkpoint=taken.append)
     assert result.diverged and result.history[-1].diverged
     assert [c.epoch for c in taken] == [r.epoch for r in result.history[:-1]]
 
@@ -244,15 +237,12 @@ def test_set_state_refuses_another_models_state_and_changes_nothing(
     assert_same_state(learner.get_state(), before)
 
 
-def test_set_state_refuses_another_dtype_and_broken_entries(monkeypatch: pytest.MonkeyPatch,
-                                                            tiny_splits: Splits) -> None:
-    state = state_of("numpy_mlp", tiny_splits)
-    use_float64_mlp(monkeypatch)
-    wide = build_learner(make_config("numpy_mlp"), tiny_splits)
+def test_set_state_refuses_another_dtype_and_broken_entries(tiny_splits: Splits) -> None:
+    state = state_of("numpy_mlp-float32", tiny_splits)
+    wide = build_learner(make_config("numpy_mlp"), tiny_splits)  # float64, the default
     with pytest.raises(UserError, match="float32.*float64"):
         wide.set_state(state)
-    monkeypatch.undo()
-    learner = build_learner(make_config("numpy_mlp"), tiny_splits)
+    learner = build_learner(make_config("numpy_mlp-float32"), tiny_splits)
     for key, value, match in [("rng", np.array("not json"), "JSON"),
                               ("rng", np.array('{"bit_generator": "MT19937"}'), "PCG64"),
                               ("epochs_done", np.array(-1), "epochs_done"),
