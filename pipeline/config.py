@@ -658,6 +658,7 @@ def _load_study(path: Path, raw: dict[str, Any]) -> StudySpec:
                     continue
                 for item in value if isinstance(value, list) else [value]:
                     _check_value(path, study, seed, key, item)
+    _check_complete(path, study)
     asha = study.scheduler
     if asha is not None and asha.max_t is None and asha.grace_period > _max_epochs(study):
         raise UserError(f"{path}: scheduler.asha.grace_period = {asha.grace_period}: more than "
@@ -688,6 +689,23 @@ def _check_value(path: Path, study: StudySpec, seed: int, key: str, value: Any,
                             f"({line}); expected a range every value of which {key} "
                             "accepts") from exc
         raise UserError(f"{path}: {line}") from exc
+
+
+def _check_complete(path: Path, study: StudySpec) -> None:
+    """One trial per variant, at representative values: a key every trial needs (epochs,
+    learning_rate) that is set nowhere would otherwise first fail when the grid is expanded,
+    as a traceback."""
+    base = {k: _representative(v) for k, v in study.params.items()}
+    for variant in study.variants:
+        try:
+            TrialConfig(study=study.name, model=study.model, seed=study.seeds[0],
+                        **{**base, **variant})
+        except ValidationError as exc:
+            missing = [e["loc"][0] for e in exc.errors() if e["type"] == "missing"]
+            if missing:
+                raise UserError(f"{path}: missing key 'params.{missing[0]}'; expected it under "
+                                "params (or in every variant): every trial needs it") from exc
+            raise UserError(f"{path}: {_describe(exc)}") from exc
 
 
 def _representative(value: Any) -> Any:
