@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if is_remote(args.tracking_uri):  # before the ~4 s of importing Ray, MLflow and torch
         require_server(args.tracking_uri)
+    _check_storage(args.storage)
+    _check_trial_count(args.space, args.seeds, args.max_trials)
     from pipeline.sweep import SweepOptions, run_sweep
 
     address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
@@ -138,6 +141,42 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, verbose=args.verbose, seeds=args.seeds,
     )
     return run_sweep(args.space, options)
+
+
+DEFAULT_MAX_TRIALS = 10_000
+
+
+def _check_trial_count(space: Path, seeds: tuple[int, ...] | None, limit: int) -> None:
+    """Refuse a space that plans more than `limit` trials, counted without expanding the grid
+    (the sweep loads the space again: a few milliseconds, and the refusal comes before the
+    seconds of importing Ray)."""
+    from pipeline.config import load_space, planned_trials, with_seeds
+
+    sweep = with_seeds(load_space(space), seeds)
+    count = planned_trials(sweep)
+    if count > limit:
+        raise UserError(f"{space}: plans {count:,} trials, more than --max-trials {limit:,}; "
+                        "expected fewer grid values, variants or seeds (or a larger "
+                        "--max-trials, if you mean to run them all)")
+
+
+def _check_storage(storage: Path) -> None:
+    """Refuse a --storage directory that cannot be created or written, before anything starts
+    (Ray and the private tracking server's log write there; a read-only one used to fail
+    after the parent run existed, with a traceback)."""
+    existing = storage.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the directory the missing ones would be created in
+    if not existing.is_dir():
+        raise UserError(f"--storage {storage}: {existing} is not a directory; expected a "
+                        "directory for Ray's results")
+    try:  # a real write: permission bits say nothing of read-only mounts, or to root
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"--storage {storage}: cannot write in {existing} "
+                        f"({exc.strerror or exc}); expected a writable directory for Ray's "
+                        "results") from None
 
 
 def _float(text: str) -> float:
@@ -218,6 +257,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                       "shared by all nodes for --resume on a cluster")
     tune.add_argument("--max-failures", type=_nonnegative_int, default=1,
                       help="retries of a failing trial")
+    tune.add_argument("--max-trials", type=_positive_int, default=DEFAULT_MAX_TRIALS,
+                      help="refuse a space that plans more trials than this (default "
+                      f"{DEFAULT_MAX_TRIALS:,})")
     tune.add_argument("--seeds", type=_seeds, metavar="N|S1,S2,...",
                       help="replace every study's seeds: N seeds from 42 (42, 43, ...), or a "
                       "list; several seeds give the report paired tests over seeds")

@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import itertools
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from pipeline.errors import UserError
+from pipeline.yaml_input import read_yaml
 
 ModelName = Literal["numpy_perceptron", "numpy_logreg", "numpy_mlp", "torch_logreg", "torch_ffn"]
 Metric = Literal["val/acc", "val/loss", "train/acc", "train/loss"]
@@ -62,6 +65,11 @@ DistributionKind = Literal["loguniform", "uniform", "randint", "choice"]
 REPORTED_METRICS: tuple[str, ...] = get_args(Metric)
 DISTRIBUTIONS: tuple[str, ...] = get_args(DistributionKind)
 
+# Study and sweep names end up inside MLflow search filters (quoted with ') and Ray's directory
+# names, so they are restricted to characters that need no quoting or escaping anywhere.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+NAME_RULE = "letters, digits, '_', '.' and '-' only, 1 to 100 characters"
+
 # Short names for the run name, e.g. "q2_lr lr=0.1 seed=42".
 _SHORT = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2", "hidden_size": "hidden"}
 
@@ -69,7 +77,9 @@ _SHORT = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2", "hidde
 class TrialConfig(BaseModel):
     """Everything one trial depends on; its field names are the YAML keys and MLflow params."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: `lr: .inf` or `.nan` is valid YAML and a valid Python float, never a
+    # valid setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     study: str = Field(min_length=1)
     model: ModelName
@@ -87,6 +97,14 @@ class TrialConfig(BaseModel):
     # torch; filled in from the model when not written, so the logged param always says it.
     dtype: Literal["float64", "float32"] = "float64"
 
+    @field_validator("seed", "epochs", "learning_rate", "batch_size", "hidden_size", "layers",
+                     "dropout", "l2_decay", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1 and YAML reads yes/on/true as True: `epochs: true` would
+        # silently train one epoch.
+        return _refuse_boolean(info.field_name or "?", value,
+                               cls.model_fields[info.field_name or "seed"].annotation is int)
 
     @model_validator(mode="before")
     @classmethod
@@ -183,11 +201,16 @@ class AshaSpec(BaseModel):
     1/`reduction_factor`, nothing runs past `max_t` epochs. `max_t` None (not written) means the
     study's largest epochs; `load_space` fills it in."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     grace_period: int = Field(default=1, ge=1, strict=True)
     reduction_factor: float = Field(default=2.0, gt=1)
     max_t: int | None = Field(default=None, ge=1, strict=True)
+
+    @field_validator("reduction_factor", mode="before")
+    @classmethod
+    def _factor_not_a_boolean(cls, value: Any) -> Any:
+        return _refuse_boolean("scheduler.asha.reduction_factor", value, integer=False)
 
     @model_validator(mode="after")
     def _grace_within_max_t(self) -> AshaSpec:
@@ -214,6 +237,18 @@ class StudySpec(BaseModel):
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: AshaSpec | None = None
     checkpoint_every: int = Field(default=1, ge=0, strict=True)
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_name(name, "name")
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_not_booleans(cls, seeds: Any) -> Any:
+        for seed in seeds if isinstance(seeds, list) else []:
+            _refuse_boolean("seeds", seed, integer=True)
+        return seeds
 
     @field_validator("params", mode="after")
     @classmethod
@@ -299,8 +334,8 @@ class Sweep:
 def load_space(path: str | Path) -> Sweep:
     """Load and validate a study or sweep YAML; every problem is a one-line `UserError`."""
     path = Path(path)
-    raw = _read_yaml(path)
-    digest = hashlib.sha256(path.read_bytes())
+    raw, content = _read_yaml(path)
+    digest = hashlib.sha256(content)
     checkpoint_every: int | None = None
     if "include" in raw:
         extra = set(raw) - {"name", "description", "include", "checkpoint_every"}
@@ -318,9 +353,15 @@ def load_space(path: str | Path) -> Sweep:
         studies = []
         for item in includes:
             child = path.parent / str(item)
-            studies.append(_load_study(child, _read_yaml(child)))
-            digest.update(child.read_bytes())
+            child_raw, child_content = _read_yaml(child)
+            studies.append(_load_study(child, child_raw))
+            digest.update(child_content)
         name = str(raw.get("name") or path.stem)
+        try:
+            check_name(name, "name" if raw.get("name") else "name (the file's stem, as it has "
+                       "no name key)")
+        except ValueError as exc:
+            raise UserError(f"{path}: {exc}") from None
     else:
         studies = [_load_study(path, raw)]
         name = studies[0].name
@@ -358,6 +399,21 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
     runs, so there is no list beforehand; use `sampled_space` for it.
     """
     return [trial for study in sweep.studies for trial in expand_study(study)]
+
+
+def planned_trials(sweep: Sweep) -> int:
+    """How many trials the sweep plans, counted without expanding it (a 10^7-point grid does
+    not fit in memory as configs): a grid study's grid points x variants x seeds, a sampled
+    study's num_samples x its grid points (Ray repeats a grid for every sample). Identical
+    configurations that `merge_identical` later folds together count once per study."""
+    total = 0
+    for study in sweep.studies:
+        grid = math.prod(len(v) for v in study.params.values() if isinstance(v, list))
+        if study.search.sampled:
+            total += grid * (study.search.num_samples or 0)
+        else:
+            total += grid * len(study.variants) * len(study.seeds)
+    return total
 
 
 def merge_identical(trials: list[PlannedTrial]) -> list[PlannedTrial]:
@@ -494,6 +550,23 @@ def _spell(value: Any) -> str:
     return text.removesuffix("\n...").strip()  # a lone scalar ends with YAML's "..."
 
 
+def check_name(name: str, key: str) -> str:
+    """`name` if it follows NAME_RULE; else ValueError (one line) naming `key` and the rule."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"{key} = {name!r}: a name may contain {NAME_RULE}, as it names MLflow "
+                         "runs and Ray directories; expected e.g. q2_lr")
+    return name
+
+
+def _refuse_boolean(key: str, value: Any, integer: bool) -> Any:
+    """`value`, unless it is a boolean where a number is expected (ValueError, one line)."""
+    if isinstance(value, bool):
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"{key} = {_spell(value)}: a boolean where {what} is expected; "
+                         f"expected {what} (YAML reads true/false, yes/no, on/off as booleans)")
+    return value
+
+
 def _number(value: Any, integer: bool) -> int | float | None:
     """A finite YAML number (text such as "1e-6", which YAML 1.1 leaves as a string, is read as
     a float like pydantic does); None if it is not one. `integer`: ints only."""
@@ -549,21 +622,12 @@ def _parse_distribution(key: str, value: dict[Any, Any]) -> Distribution:
     return Distribution(kind, low, high)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise UserError(f"{path}: cannot read ({reason}); expected a YAML file") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}; expected a mapping of keys") from exc
+def _read_yaml(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The top-level mapping of a space file (read within yaml_input's bounds) and its bytes."""
+    raw, content = read_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: top level is {type(raw).__name__}; expected a mapping of keys")
-    return raw
+    return raw, content
 
 
 def _load_study(path: Path, raw: dict[str, Any]) -> StudySpec:
@@ -577,6 +641,12 @@ def _load_study(path: Path, raw: dict[str, Any]) -> StudySpec:
     for key, value in study.params.items():
         if isinstance(value, list) and not value:
             raise UserError(f"{path}: params.{key} = []; expected a value or a non-empty list")
+    for index, variant in enumerate(study.variants):
+        for key, value in variant.items():
+            if isinstance(value, (list, dict)):
+                raise UserError(f"{path}: variants[{index}].{key} = {_spell(value)}: a variant "
+                                "sets one value per key; expected a single value (a grid or a "
+                                "distribution goes under params)")
     # Validate every trial now, so that a bad value fails before anything launches; for a
     # distribution, both ends of its range (or every choice).
     for seed in study.seeds:
@@ -588,6 +658,7 @@ def _load_study(path: Path, raw: dict[str, Any]) -> StudySpec:
                     continue
                 for item in value if isinstance(value, list) else [value]:
                     _check_value(path, study, seed, key, item)
+    _check_complete(path, study)
     asha = study.scheduler
     if asha is not None and asha.max_t is None and asha.grace_period > _max_epochs(study):
         raise UserError(f"{path}: scheduler.asha.grace_period = {asha.grace_period}: more than "
@@ -618,6 +689,23 @@ def _check_value(path: Path, study: StudySpec, seed: int, key: str, value: Any,
                             f"({line}); expected a range every value of which {key} "
                             "accepts") from exc
         raise UserError(f"{path}: {line}") from exc
+
+
+def _check_complete(path: Path, study: StudySpec) -> None:
+    """One trial per variant, at representative values: a key every trial needs (epochs,
+    learning_rate) that is set nowhere would otherwise first fail when the grid is expanded,
+    as a traceback."""
+    base = {k: _representative(v) for k, v in study.params.items()}
+    for variant in study.variants:
+        try:
+            TrialConfig(study=study.name, model=study.model, seed=study.seeds[0],
+                        **{**base, **variant})
+        except ValidationError as exc:
+            missing = [e["loc"][0] for e in exc.errors() if e["type"] == "missing"]
+            if missing:
+                raise UserError(f"{path}: missing key 'params.{missing[0]}'; expected it under "
+                                "params (or in every variant): every trial needs it") from exc
+            raise UserError(f"{path}: {_describe(exc)}") from exc
 
 
 def _representative(value: Any) -> Any:

@@ -4,6 +4,8 @@ features, divide by 256) into train/val/test splits. Finding and downloading the
 
 from __future__ import annotations
 
+import math
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -80,6 +82,10 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     """The six arrays of an npz file; unreadable / truncated / missing keys -> UserError."""
     if not path.is_file():
         raise UserError(f"{path}: no such file (expected MedMNIST's npz format)")
+    with open(path, "rb") as handle:
+        if handle.read(len(NPY_MAGIC)) == NPY_MAGIC:
+            raise UserError(f"{path}: a single .npy array, expected an npz archive with {KEYS}")
+    _check_declared_sizes(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -95,6 +101,67 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in KEYS}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise UserError(f"{path}: truncated or corrupt npz archive ({exc})") from None
+
+
+NPY_MAGIC = b"\x93NUMPY"
+# zlib's deflate expands at most about 1032:1; what a member can hold, whatever its header says.
+DEFLATE_MAX_RATIO = 1032
+_ZIP_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+               NotImplementedError, struct.error)
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse an array whose npy header declares more bytes than its zip member can hold,
+    before numpy allocates them: a 200-byte file may declare a (10**12, 28, 28) array, and
+    numpy allocates the whole array before it reads (and finds too little) data."""
+    on_disk = path.stat().st_size
+    try:
+        archive = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as exc:
+        raise UserError(f"{path}: not a readable npz archive, truncated or not a zip ({exc})"
+                        ) from None
+    with archive:
+        for key in KEYS:
+            try:
+                info = archive.getinfo(f"{key}.npy")
+            except KeyError:
+                continue  # reported, with the expected keys, after np.load
+            try:
+                shape, dtype, header = _member_header(archive, info)
+            except _ZIP_ERRORS as exc:
+                raise UserError(f"{path}: truncated or corrupt npz archive: key '{key}' "
+                                f"({exc})") from None
+            held = _member_capacity(path, key, info, on_disk) - header
+            declared = math.prod(shape) * dtype.itemsize
+            if not dtype.hasobject and declared > held:  # object arrays: np.load refuses
+                raise UserError(f"{path}: key '{key}' declares shape {shape} {dtype} "
+                                f"({declared:,} bytes) but holds at most {max(held, 0):,} "
+                                "bytes; expected a shape that fits its data (the file is "
+                                "corrupt or not MedMNIST's)")
+
+
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo
+                   ) -> tuple[tuple[int, ...], np.dtype, int]:
+    """A member's declared shape and dtype, and the length of its npy header."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:  # 2.0, or 3.0 (the same header, utf-8; read_magic refuses other versions)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        return shape, dtype, member.tell()
+
+
+def _member_capacity(path: Path, key: str, info: zipfile.ZipInfo, on_disk: int) -> int:
+    """The most bytes a member can decompress to: its declared size, bounded by the bytes the
+    file has (the declared sizes in a zip's directory are themselves only claims)."""
+    compressed = min(info.compress_size, on_disk)
+    if info.compress_type == zipfile.ZIP_STORED:
+        return min(info.file_size, compressed)
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return min(info.file_size, compressed * DEFLATE_MAX_RATIO)
+    raise UserError(f"{path}: key '{key}' uses zip compression method {info.compress_type}; "
+                    "expected stored or deflated members, as numpy writes")
 
 
 def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -134,6 +201,8 @@ def load_splits(path: Path, *, test_split: str = "hw1", name: str | None = None)
     x_test, y_test = arrays["test_images"], arrays["test_labels"].reshape(-1)
     if test_split == "hw1":
         x_test, y_test = _hw1_subset(path, x_test, y_test)
+    _check_not_empty(path, {"train": len(arrays["train_labels"]), "val": len(arrays["val_labels"]),
+                            "test": len(y_test)})
     md5 = data_source.file_md5(path)
     identity = DatasetIdentity(
         name=name or _identify(path, md5),
@@ -152,6 +221,15 @@ def load_splits(path: Path, *, test_split: str = "hw1", name: str | None = None)
         y_test=_targets(y_test),
         identity=identity,
     )
+
+
+def _check_not_empty(path: Path, sizes: dict[str, int]) -> None:
+    """Refuse a split without images: an empty train split cannot train (it used to show up as
+    a diverged or crashed trial), an empty val or test split gives accuracies of NaN."""
+    for split, n in sizes.items():
+        if n == 0:
+            raise UserError(f"{path}: split '{split}' has 0 images (key '{split}_images'); "
+                            "expected at least one image in each of train, val and test")
 
 
 def _features(images: np.ndarray) -> np.ndarray:

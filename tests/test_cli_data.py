@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import data, data_source
@@ -83,3 +86,41 @@ def test_num_cpus_beside_a_cluster_address_is_one_line_exit_2(how: str, tiny_npz
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--num-cpus 1" in err and "10.0.0.9:6379" in err
+
+
+
+def _split_arrays(n_val: int) -> dict[str, np.ndarray]:
+    """Tiny arrays in MedMNIST's format (`n_val` validation images)."""
+    sizes = {"train": 4, "val": n_val, "test": 4}
+    arrays = {f"{s}_images": np.zeros((n, 28, 28), np.uint8) for s, n in sizes.items()}
+    arrays.update({f"{s}_labels": np.zeros((n, 1), np.uint8) for s, n in sizes.items()})
+    return arrays
+
+
+def test_info_on_a_huge_declared_shape_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in _split_arrays(2).items():
+            member = io.BytesIO()
+            if key == "train_images":  # 784 TB declared over 64 bytes of data
+                np.lib.format.write_array_header_1_0(member, {
+                    "descr": "|u1", "fortran_order": False, "shape": (10**12, 28, 28)})
+                member.write(bytes(64))
+            else:
+                np.lib.format.write_array(member, array)
+            archive.writestr(f"{key}.npy", member.getvalue())
+    assert main(["data", "info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "declares shape" in err
+
+
+def test_tune_on_an_empty_split_exits_2_before_tracking(tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    path = tmp_path / "empty_val.npz"
+    np.savez_compressed(path, **_split_arrays(0))
+    space = Path("search_spaces/q2_lr.yaml").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", str(space), "--data", str(path), "--test-split", "full"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "split 'val' has 0 images" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()

@@ -3,6 +3,7 @@ files fail with one clear line; the homework grid keeps its trial names."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from pipeline.config import (
     expand_study,
     load_space,
     merge_identical,
+    planned_trials,
     sampled_keys,
     sampled_space,
     trial_name,
@@ -146,6 +148,28 @@ BAD = [
     ("empty grid", STUDY.replace("[0.1, 0.01]", "[]"), "learning_rate"),
     ("not yaml", "name: [unclosed\n", "YAML"),
     ("not a mapping", "- 1\n- 2\n", "mapping"),
+    # issue 14: accepted though wrong, or a traceback
+    ("lr .inf", STUDY.replace("[0.1, 0.01]", ".inf"), "learning_rate = inf: input should be a "
+     "finite number"),
+    ("lr .nan in a grid", STUDY.replace("[0.1, 0.01]", "[0.1, .nan]"), "learning_rate = nan"),
+    ("boolean epochs", STUDY.replace("epochs: 3", "epochs: true"),
+     "epochs = true: a boolean where an integer is expected"),
+    ("boolean lr", STUDY.replace("[0.1, 0.01]", "[0.1, yes]"),
+     "learning_rate = true: a boolean where a number is expected"),
+    ("boolean seed", STUDY.replace("seeds: [1, 2]", "seeds: [1, true]"), "seeds = true"),
+    ("duplicate key", STUDY.replace("  batch_size: 16\n", "  batch_size: 16\n  epochs: 5\n"),
+     "duplicate key 'epochs' at line 9; expected each key once"),
+    ("duplicate top key", STUDY + "model: numpy_mlp\n", "duplicate key 'model'"),
+    ("name with a quote", STUDY.replace("name: tiny", "name: \"q2'lr\""),
+     "name = \"q2'lr\": a name may contain letters, digits, '_', '.' and '-' only"),
+    ("name with a slash", STUDY.replace("name: tiny", "name: q2/lr"), "name = 'q2/lr'"),
+    ("list in a variant", STUDY.replace("{dropout: 0.2}", "{dropout: [0.2, 0.5]}"),
+     "variants[1].dropout = [0.2, 0.5]: a variant sets one value per key"),
+    ("distribution in a variant", STUDY.replace("{dropout: 0.2}", "{dropout: {uniform: [0, 1]}}"),
+     "variants[1].dropout"),
+    ("no epochs anywhere", STUDY.replace("  epochs: 3\n", ""), "missing key 'params.epochs'"),
+    ("alias to itself", "name: &a [*a]\n", "alias *a at line 1 refers to a node that contains"),
+    ("nested too deep", "name: " + "[" * 40 + "]" * 40 + "\n", "nested deeper than"),
 ]
 
 
@@ -159,6 +183,63 @@ def test_bad_space_is_one_line_naming_file_and_key(tmp_path: Path, case: str, te
     message = str(info.value)
     assert "\n" not in message
     assert str(space) in message and needle in message
+
+
+def test_non_utf8_space_is_one_line_naming_the_byte(tmp_path: Path) -> None:
+    space = tmp_path / "latin1.yaml"
+    space.write_bytes(STUDY.replace("a test study", "caf\u00e9").encode("latin-1"))
+    message = _one_line_error(space)
+    assert str(space) in message and "not UTF-8 text (byte 0xe9 at offset" in message
+
+
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+    for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+def test_alias_expansion_beyond_the_bound_is_refused(tmp_path: Path) -> None:
+    # 9**9 "lol"s once expanded, in 300 bytes; used to run past 60 s and 2.7 GB.
+    message = _one_line_error(_write(tmp_path, BILLION_LAUGHS))
+    assert "more than 100,000 YAML nodes once aliases are expanded" in message
+
+
+def test_aliases_within_the_bound_still_load(tmp_path: Path) -> None:
+    text = STUDY.replace("{dropout: 0.2}",
+                         "{dropout: &d 0.2}\n  - {dropout: *d, l2_decay: 0.001}")
+    trials = expand(load_space(_write(tmp_path, text)))
+    assert len(trials) == 2 * 2 * 3  # seeds x learning rates x variants
+    assert {t.config.dropout for t in trials} == {0.0, 0.2}
+
+
+@pytest.mark.parametrize("source", ["file", "/dev/zero"])
+def test_space_over_the_size_limit_is_refused_unread(tmp_path: Path, source: str) -> None:
+    if source == "file":
+        space = _write(tmp_path, STUDY + "#" * 1_000_000 + "\n")
+    else:
+        space = Path(source)
+        if not space.exists():
+            pytest.skip("no /dev/zero on this system")
+    message = _one_line_error(space)
+    assert str(space) in message and "larger than 1,000,000 bytes" in message
+
+
+def test_sweep_name_follows_the_name_rule(tmp_path: Path) -> None:
+    _write(tmp_path, STUDY, "tiny.yaml")
+    named = _write(tmp_path, "name: all'of\ninclude: [tiny.yaml]\n", "all.yaml")
+    assert "name = \"all'of\": a name may contain" in _one_line_error(named)
+    unnamed = _write(tmp_path, "include: [tiny.yaml]\n", "my sweep.yaml")
+    assert "name (the file's stem, as it has no name key) = 'my sweep'" in (
+        _one_line_error(unnamed))
+
+
+def test_planned_trials_counts_what_expand_makes(tmp_path: Path) -> None:
+    for path in [*sorted(SPACES.glob("*.yaml")), _write(tmp_path, STUDY)]:
+        sweep = load_space(path)
+        if sweep.sampled_study is None:
+            assert planned_trials(sweep) == len(expand(sweep)), path.name
+    sampled = load_space(_write(tmp_path, SAMPLED.replace("epochs: 4", "epochs: [2, 4]"),
+                                "samp.yaml"))
+    assert planned_trials(sampled) == 5 * 2  # Ray repeats the grid for every sample
 
 
 def test_missing_include_names_the_file(tmp_path: Path) -> None:
@@ -177,6 +258,81 @@ def test_tune_cli_rejects_bad_space_before_launching(tmp_path: Path, monkeypatch
     assert len(err) == 1 and "learning_rate" in err[0] and "bad.yaml" in err[0]
     # nothing launched or written: no tracking store, no Ray results
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+HUGE_GRID = "name: huge\nmodel: torch_ffn\nseeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nparams:\n" + (
+    "".join(f"  {key}: [{', '.join(str(v) for v in values)}]\n" for key, values in [
+        ("epochs", range(1, 11)), ("learning_rate", [i / 10 for i in range(1, 11)]),
+        ("batch_size", range(1, 11)), ("hidden_size", range(1, 11)), ("layers", range(1, 11)),
+        ("dropout", [i / 10 for i in range(10)]), ("l2_decay", [i / 10 for i in range(10)])]))
+
+
+def _tune_refused(tmp_path: Path, capsys, argv: list[str]) -> str:
+    """`medgrid tune ARGV` run in tmp_path exits 2 with one line and creates nothing."""
+    assert main(["tune", *argv, "--dataset", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for made in ["mlflow.db", "mlruns", "ray_results"]:
+        assert not (tmp_path / made).exists(), made
+    return err[0]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (HUGE_GRID, "huge.yaml: plans 100,000,000 trials, more than --max-trials 10,000"),
+    (BILLION_LAUGHS, "more than 100,000 YAML nodes"),
+    ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8 text"),
+    (STUDY.replace("name: tiny", "name: \"q2'lr\""), "a name may contain letters, digits"),
+], ids=["10^8 grid", "billion laughs", "latin-1", "unsafe name"])
+def test_tune_refuses_hostile_space_before_anything_starts(tmp_path: Path, monkeypatch, capsys,
+                                                          content: str | bytes,
+                                                          needle: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "huge.yaml"
+    space.write_bytes(content.encode() if isinstance(content, str) else content)
+    assert needle in _tune_refused(tmp_path, capsys, [str(space)])
+
+
+def test_tune_max_trials_is_a_limit_the_user_sets(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = _write(tmp_path, STUDY)  # 8 trials
+    line = _tune_refused(tmp_path, capsys, [str(space), "--max-trials", "7"])
+    assert "plans 8 trials, more than --max-trials 7" in line
+    line = _tune_refused(tmp_path, capsys, [str(space), "--seeds", "3", "--max-trials", "8"])
+    assert "plans 12 trials" in line  # --seeds counts
+
+
+def _read_only_dirs() -> list:
+    """Directories a sweep cannot write in: /sys (refused even to root) and, where the tests do
+    not run as root, one whose permissions say so."""
+    cases = [pytest.param("sys", id="/sys")]
+    cases.append(pytest.param("chmod", id="chmod 555", marks=pytest.mark.skipif(
+        os.geteuid() == 0, reason="root writes in a read-only-by-mode directory")))
+    return cases
+
+
+@pytest.mark.parametrize("kind", _read_only_dirs())
+def test_tune_refuses_unwritable_storage(tmp_path: Path, monkeypatch, capsys,
+                                         kind: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = _write(tmp_path, STUDY)
+    if kind == "sys":
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("no /sys on this system")
+        storage, where = Path("/sys/kernel/medgrid_results"), "/sys/kernel"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        storage, where = locked / "ray_results", str(locked)
+    line = _tune_refused(tmp_path, capsys, [str(space), "--storage", str(storage)])
+    assert f"--storage {storage}: cannot write in {where}" in line
+    assert not storage.exists()
+
+
+def test_tune_refuses_storage_under_a_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = _write(tmp_path, STUDY)
+    line = _tune_refused(tmp_path, capsys, [str(space), "--storage", str(space / "results")])
+    assert f"{space} is not a directory" in line
 
 
 def test_numpy_model_with_torch_only_option_is_rejected_at_load(tmp_path: Path) -> None:

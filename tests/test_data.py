@@ -3,6 +3,8 @@ splits, and the summary `medgrid data info` prints."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,49 @@ def test_corrupt_member_data(tmp_path: Path) -> None:
     assert_one_line_error(excinfo, str(path), "corrupt")
 
 
+def write_declaring(path: Path, key: str, shape: tuple[int, ...],
+                    compression: int = zipfile.ZIP_STORED) -> Path:
+    """A valid file but for `key`, whose npy header declares `shape` over 64 bytes of data;
+    the zip itself is sound (CRCs and sizes match), as a hostile file's would be."""
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
+        for name, array in valid_arrays().items():
+            member = io.BytesIO()
+            if name == key:
+                np.lib.format.write_array_header_1_0(member, {
+                    "descr": "|u1", "fortran_order": False, "shape": shape})
+                member.write(bytes(64))
+            else:
+                np.lib.format.write_array(member, array)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED],
+                         ids=["stored", "deflated"])
+def test_huge_declared_shape_is_refused_before_allocating(tmp_path: Path,
+                                                          compression: int) -> None:
+    # 784 TB declared in a 2 kB file: numpy would allocate it before reading (MemoryError).
+    path = write_declaring(tmp_path / "huge.npz", "val_images", (10**12, 28, 28), compression)
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path), "key 'val_images' declares shape "
+                          "(1000000000000, 28, 28) uint8 (784,000,000,000,000 bytes) but holds "
+                          "at most", "expected a shape that fits its data")
+
+
+def test_other_zip_compression_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lzma.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_LZMA) as archive:
+        for name, array in valid_arrays().items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, array)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    with pytest.raises(UserError) as excinfo:
+        data.read_npz(path)
+    assert_one_line_error(excinfo, str(path), "compression method 14",
+                          "expected stored or deflated")
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
         data.read_npz(tmp_path / "absent.npz")
@@ -176,6 +221,20 @@ def test_hw1_subset_needs_enough_images_per_class(tmp_path: Path) -> None:
         data.load_splits(path)
     assert_one_line_error(excinfo, str(path), "test_labels", "182")
     assert data.load_splits(path, test_split="full").identity.n_test == 8
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_empty_split_is_refused(tmp_path: Path, split: str) -> None:
+    # An empty train split trained as "diverged" (numpy) or crashed (torch); empty val or test
+    # splits gave NaN accuracies and exit 0.
+    arrays = valid_arrays()
+    arrays[f"{split}_images"] = arrays[f"{split}_images"][:0]
+    arrays[f"{split}_labels"] = arrays[f"{split}_labels"][:0]
+    path = write_npz(tmp_path / "empty.npz", arrays)
+    with pytest.raises(UserError) as excinfo:
+        data.load_splits(path, test_split="full")
+    assert_one_line_error(excinfo, str(path), f"split '{split}' has 0 images",
+                          "expected at least one image in each of train, val and test")
 
 
 def test_unknown_test_split(tiny_npz: Path) -> None:
