@@ -71,7 +71,9 @@ def _start_page(url: str, store_uri: str) -> str:
         latest = latest_sweep_experiment(MlflowClient(url))
     except Exception:  # the page is a convenience: never let it stop the UI
         latest = None
-    return f"{url}/#/experiments/{latest[0]}/runs" if latest else url
+    # workflowType: MLflow 3's UI opens in its GenAI mode (traces, judges, prompts) unless told;
+    # a sweep's runs belong to its "Model training" mode (runs, charts, models).
+    return f"{url}/#/experiments/{latest[0]}/runs?workflowType=machine_learning" if latest else url
 
 
 def _last_line(process: subprocess.Popen[bytes], log: IO[bytes]) -> str:
