@@ -140,10 +140,12 @@ def _ineligible_notes(table: pd.DataFrame) -> list[str]:
         notes.append("Stopped early by the scheduler (never a winner; values are those of the "
                      "epoch it stopped at): " + ", ".join(
                          f"{r['config']} ({r['verdict']})" for _, r in stopped.iterrows()) + ".")
-    constant = table.loc[table["constant_prediction"].astype(bool), "config"].tolist()
+    constant = [f"{r['config']}" + (f" ({r['constant_predictions']} of {r['n']} seeds)"
+                                    if r.get("n", 1) > 1 else "")
+                for _, r in table[table["constant_prediction"].astype(bool)].iterrows()]
     if constant:
         notes.append("Constant prediction (one class for every test image, per "
-                     f"confusion_matrix.csv): {', '.join(map(str, constant))}.")
+                     f"confusion_matrix.csv): {', '.join(constant)}.")
     return notes
 
 

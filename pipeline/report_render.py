@@ -22,7 +22,8 @@ LABELS = {"train/acc": "train acc", "val/acc": "val acc", "test/acc": "test acc"
           "train_time_s": "time (s)", "run_name": "run"}
 SHORT_TESTS = {MCNEMAR: "McNemar", PAIRED_T: "paired t"}
 VERDICT_COLUMNS = ("p_vs_winner", "test_vs_winner", "test_detail", "verdict", "eligible",
-                   "diverged_trials", "stopped_epoch", "constant_prediction", "ref_config")
+                   "diverged_trials", "stopped_epoch", "constant_prediction",
+                   "constant_predictions", "ref_config")
 
 
 @dataclass

@@ -186,8 +186,10 @@ def config_stats(rows: pd.DataFrame, metrics: tuple[str, ...], sizes: Mapping[st
         for metric in metrics:
             record.update(_metric_stats(used, metric, sizes.get(INTERVALS.get(metric, ""))))
         record.update(_flags(group, outcomes, used))
-        if record["constant_prediction"]:
-            record["status"] += " (constant prediction)"
+        constant, used_n = record["constant_predictions"], len(used)
+        if constant:  # with several seeds, how many of them: one collapsed seed is not all
+            record["status"] += (" (constant prediction)" if used_n == 1 else
+                                 f" ({constant} of {used_n} constant predictions)")
         records.append(record)
     return pd.DataFrame(records)
 
@@ -205,6 +207,7 @@ def _flags(group: pd.DataFrame, outcomes: pd.Series, used: pd.DataFrame) -> dict
         "diverged_trials": int((outcomes == "diverged").sum()),
         "stopped_epoch": float(pd.Series(stopped, dtype=float).max()) if len(stopped) else np.nan,
         "constant_prediction": bool(constant.map(_flag).any()),
+        "constant_predictions": int(constant.map(_flag).sum()),
         # A configuration with a diverged or early-stopped trial cannot win: its finished seeds
         # alone would be a sample the scheduler (or the divergence) chose.
         "eligible": bool((outcomes == "finished").any()) and not (

@@ -242,7 +242,7 @@ def comparison_table(tables: list[ReportTable], sizes: Mapping[str, int | None]
         row = (winner if not winner.empty else data.head(1)).iloc[0]
         keep = [c for c in row.index if c.split("_")[0] in ACCURACIES or c in
                 ("n", "trials", "status", "eligible", "ref_config", "diverged_trials",
-                 "stopped_epoch", "constant_prediction")]
+                 "stopped_epoch", "constant_prediction", "constant_predictions")]
         records.append({"config": model, "setting": row["config"], **row[keep].to_dict()})
         samples[model] = by_study[study].samples[str(row["config"])]
     if len(records) < 2:

@@ -243,3 +243,11 @@ def test_the_sampled_tag_is_read_and_checked() -> None:
     for bad in ("not json", '["learning_rate"]', '{"learning_rate": "gaussian"}'):
         with pytest.raises(UserError, match="medgrid.sampled"):
             _ = sweep_with(bad).sampled
+
+
+def test_one_collapsed_seed_of_three_is_counted_not_called_all() -> None:
+    frame = trials([{"config": "a", "seed": s, "run_id": f"a{s}", "val/acc": acc,
+                     "constant_prediction": s == 1} for s, acc in ((1, 0.47), (2, 0.7), (3, 0.72))])
+    table = config_stats(frame, ("val/acc",), {"n_val": 100})
+    assert table.loc[0, "status"] == "3 finished (1 of 3 constant predictions)"
+    assert table.loc[0, "constant_predictions"] == 1 and bool(table.loc[0, "constant_prediction"])

@@ -38,7 +38,8 @@ def processes_naming(port: int) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
         except OSError:
             continue
-        if any(a == b"--port" and b == str(port).encode() for a, b in zip(argv, argv[1:])):
+        pairs = zip(argv, argv[1:], strict=False)
+        if any(a == b"--port" and b == str(port).encode() for a, b in pairs):
             pids.append(int(entry.name))
     return pids
 
