@@ -254,7 +254,8 @@ METHOD = [
     "accuracy; a configuration with a diverged or early-stopped trial cannot win.",
     "95% CI of val acc: with one seed, the Wilson score interval of an accuracy on the "
     "validation images (each table's caption gives their number); with several seeds, mean ± "
-    "t-interval over the seeds.",
+    "t-interval over the seeds, widened to the Wilson interval of the mean where that is wider "
+    "(seeds that agree exactly have no spread, yet were scored on a finite set of images).",
     f"p vs winner: with one seed per configuration, the exact McNemar test on the shared "
     f"validation images (two-sided binomial test on the b + c images exactly one of the two got "
     f"right; p = 1 when b + c = 0); with several seeds, a paired t-test of validation accuracy "

@@ -63,7 +63,8 @@ def table_caption(table: pd.DataFrame, sizes: Mapping[str, int | None]) -> str:
         kinds.append(f"Wilson score interval on the {sizes.get('n_val') or '?'} validation "
                      "images (one seed)")
     if (counts > 1).any():
-        kinds.append("mean ± t-interval over the seeds (several seeds)")
+        kinds.append("mean ± t-interval over the seeds, widened to the Wilson interval of the "
+                     "mean where that is wider (several seeds)")
     parts.append(f"val acc 95% CI: {'; '.join(kinds)}.")
     used = [t for t in (MCNEMAR, PAIRED_T) if (table["test_vs_winner"] == t).any()]
     if used:
@@ -91,7 +92,7 @@ def winner_notes(table: pd.DataFrame, sizes: Mapping[str, int | None]) -> list[s
                      "only, so the test set stays an unbiased check.")
     if pd.notna(best.get("test/acc_lo")):
         how = (f"Wilson, {sizes.get('n_test') or '?'} test images" if best["n"] == 1
-               else f"t-interval over {best['n']} seeds")
+               else f"t-interval over {best['n']} seeds, at least Wilson's")
         notes.append(f"The winner's test accuracy {best['test/acc']:.4f} has the 95% interval "
                      f"{interval(best, 'test/acc')} ({how}).")
     return notes + _ineligible_notes(table)

@@ -2,7 +2,8 @@
 and a paired test of every configuration against the winner by validation accuracy.
 
 Intervals: one seed -> the Wilson score interval of an accuracy measured on N images; several
-seeds -> mean ± t-interval over the seeds (the spread of the seeds on this one validation set).
+seeds -> mean ± t-interval over the seeds (the spread of the seeds on this one validation set),
+never narrower than the Wilson interval of the mean accuracy on the validation images.
 
 Tests against the winner (two-sided, ALPHA = 0.05; "within noise" means the test does not reject):
 one seed per configuration -> the exact McNemar test on the shared validation images (a binomial
@@ -76,13 +77,24 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
 
 
 def accuracy_interval(values: Sequence[float], set_size: int | None) -> tuple[float, float]:
-    """95% interval of an accuracy: Wilson on `set_size` images for one seed, t over seeds."""
+    """95% interval of an accuracy: Wilson on `set_size` images for one seed; for several, the
+    t-interval over the seeds widened, where narrower, to the Wilson interval of their mean.
+
+    Why the hull: the t-interval measures how much the seed moves the accuracy, not the finite
+    validation set; seeds that all land on the same images (a collapsed model predicting one
+    class every time) have no spread, and a t-interval of width 0 would claim certainty."""
     data = np.asarray(values, dtype=float)
     data = data[np.isfinite(data)]
+    if len(data) == 0:
+        return math.nan, math.nan
+    wilson = (wilson_interval(round(float(data.mean()) * set_size), set_size) if set_size
+              else (math.nan, math.nan))
     if len(data) == 1:
-        return wilson_interval(round(float(data[0]) * set_size), set_size) if set_size else (
-            math.nan, math.nan)
-    return t_interval(data)
+        return wilson
+    low, high = t_interval(data)
+    if not set_size:
+        return low, high
+    return min(low, wilson[0]), max(high, wilson[1])
 
 
 # --------------------------------------------------------------------------- paired tests

@@ -64,8 +64,16 @@ def test_one_seed_gets_wilson_several_seeds_a_t_interval() -> None:
     assert accuracy_interval([0.664], 1000) == pytest.approx(wilson_interval(664, 1000))
     assert all(math.isnan(v) for v in accuracy_interval([0.664], None))  # N unknown
     values = [0.80, 0.81, 0.82]
-    half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
-    assert accuracy_interval(values, 1000) == pytest.approx((0.81 - half, 0.81 + half))
+    half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)  # 0.02484
+    t_only = (0.81 - half, 0.81 + half)
+    assert accuracy_interval(values, None) == pytest.approx(t_only)
+    # On 100 images Wilson at 81/100 ([0.7222, 0.8749]) is wider than the seeds' spread.
+    assert accuracy_interval(values, 100) == pytest.approx(wilson_interval(81, 100))
+    # On 10,000 images the seeds' spread is the wider: the t-interval stands.
+    assert accuracy_interval(values, 10_000) == pytest.approx(t_only)
+    # Three seeds that collapsed to the same prediction: no spread, never a width-0 interval.
+    low, high = accuracy_interval([0.4721] * 3, 10_832)
+    assert (low, high) == pytest.approx(wilson_interval(5114, 10_832)) and high - low > 0.018
     assert t_interval([0.99, 1.0, 1.0])[1] == 1.0  # clipped: an accuracy is at most 1
 
 
