@@ -170,8 +170,12 @@ class LocalTrackingServer:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run yet in the driver
             )
         process = self._process
-        if wait_healthy(self.url, self.startup_timeout, lambda: process.poll() is None):
-            return self.url
+        try:
+            if wait_healthy(self.url, self.startup_timeout, lambda: process.poll() is None):
+                return self.url
+        except BaseException:  # e.g. Ctrl-C while it starts: `__exit__` will not run
+            self.stop()
+            raise
         code = process.poll()
         self.stop()
         if code is not None:
