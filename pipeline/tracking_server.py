@@ -208,6 +208,13 @@ class LocalTrackingServer:
         except ProcessLookupError:
             pass
         self._process.wait()
+        deadline = time.monotonic() + 5  # SIGKILL is delivered, not awaited: see them gone
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
     def __enter__(self) -> LocalTrackingServer:
         self.start()
