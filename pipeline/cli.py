@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import UserError
+from pipeline.interrupts import SweepInterrupted
 
 EXIT_USAGE = 2
 
@@ -341,8 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(exc: SweepInterrupted, argv: Sequence[str]) -> str:
+    """The one line a stopped sweep leaves: what was closed, and the command that continues."""
+    if not exc.detail:  # stopped before its parent run existed: nothing to continue
+        return f"medgrid: interrupted by {exc} before the sweep started"
+    again = [arg for arg in argv if arg != "--resume"] + ["--resume"]
+    return (f"medgrid: interrupted by {exc}: {exc.detail}; continue with: "
+            f"medgrid {shlex.join(again)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `medgrid` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -350,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"medgrid: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SweepInterrupted as exc:  # runs closed, Ray and the tracking server already down
+        print(_interrupted(exc, argv), file=sys.stderr, flush=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("medgrid: interrupted", file=sys.stderr)
         return 130

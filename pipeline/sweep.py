@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mlflow.tracking import MlflowClient
@@ -23,6 +24,7 @@ from pipeline import tune as tuning
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
 from pipeline.errors import UserError
+from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
 from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
 from pipeline.tracking_store import absolute_sqlite, upgrade_proxied_artifacts
 from pipeline.trial import TrialSession
@@ -177,56 +179,94 @@ def git_commit() -> str:
 
 def run_sweep(space: Path, options: SweepOptions,
               make_session: tuning.SessionFactory = TrialSession) -> int:
-    """Run (or resume) the sweep in `space`; 0 when every trial finished, 1 when some failed."""
+    """Run (or resume) the sweep in `space`; 0 when every trial finished, 1 when some failed.
+    SIGINT/SIGTERM stop it cleanly (runs closed KILLED, Ray and the tracking server shut down)
+    and end in `SweepInterrupted`."""
     planned = plan_sweep(space, options)
-    plan = planned.plan
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
         require_server(options.tracking_uri)
-    splits = load_data(options)
-    identity = splits.identity
-    if identity.name != "octmnist":
-        print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
-              "not the real OCTMNIST; the runs are tagged so.", flush=True)
-    storage = options.storage.resolve()
-    started = time.monotonic()
-    with open_tracking(options.tracking_uri, options.artifacts_dir, storage) as uri:
-        client = MlflowClient(uri)
-        experiment_id = tracking.ensure_experiment(client, options.experiment)
+    with stop_signals() as stops:
+        splits = load_data(options)
+        identity = splits.identity
+        if identity.name != "octmnist":
+            print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
+                  "not the real OCTMNIST; the runs are tagged so.", flush=True)
+        started = time.monotonic()
+        with open_tracking(options.tracking_uri, options.artifacts_dir,
+                           options.storage.resolve()) as uri:
+            started_ray = False
+            try:
+                client = MlflowClient(uri)
+                experiment_id = tracking.ensure_experiment(client, options.experiment)
+                earlier = _resumable_parent(client, experiment_id, planned, space, options) \
+                    if options.resume else None  # checked before Ray or MLflow is changed
+                started_ray = tuning.init_ray(options.ray_address, options.num_cpus,
+                                              options.verbose)
+                stops.install()  # over the SIGTERM handler ray.init installs
+                resources = tuning.Resources(options.cpus_per_trial, options.gpus_per_trial)
+                tuning.check_resources_fit(resources, planned.plan)  # before a parent exists
+                if earlier is not None:
+                    parent_id, ray_path = _reopen_parent(client, experiment_id, planned.name,
+                                                         earlier)
+                else:
+                    tracking.close_stale_runs(client, experiment_id, planned.name)
+                    parent_id, ray_path = _new_parent(client, experiment_id, planned, space,
+                                                      identity, options)
+                trainable = _trainable(uri, experiment_id, parent_id, splits, planned, options,
+                                       make_session)
+                del splits  # the object store holds the data now; the driver's copy would idle
+                return _drive(client, experiment_id, parent_id, ray_path, trainable, planned,
+                              options, stops, started)
+            finally:
+                if started_ray:  # before the tracking server: it is stopped last
+                    tuning.shutdown_ray()
+
+
+def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
+               planned: PlannedSweep, options: SweepOptions,
+               make_session: tuning.SessionFactory) -> Any:
+    """Tune's trainable of the sweep, logging under `parent_id`, with the data in Ray."""
+    plan, identity = planned.plan, splits.identity
+    target = tuning.TrackingTarget(
+        uri, experiment_id, parent_id,
+        params={**options.overrides(), "dataset": identity.name,
+                "test_split": identity.test_split},
+        tags={"dataset": identity.name, "dataset_md5": identity.md5},
+    )
+    print(f"[medgrid] sweep '{planned.name}': {plan.n_trials} trials "
+          f"({plan.search.algorithm} search"
+          f"{', ASHA early stopping' if plan.scheduler else ''}); tracking {uri} "
+          f"(experiment '{options.experiment}', parent run {parent_id})", flush=True)
+    resources = tuning.Resources(options.cpus_per_trial, options.gpus_per_trial)
+    return tuning.build_trainable(splits, plan, target, resources, make_session)
+
+
+def _drive(client: MlflowClient, experiment_id: str, parent_id: str, ray_path: str,
+           trainable: Any, planned: PlannedSweep, options: SweepOptions, stops: StopSignals,
+           started: float) -> int:
+    """Hand the trials to Tune and close the parent run: FINISHED or FAILED when every trial
+    ended, KILLED (with its unfinished children) when the sweep was stopped or broke."""
+    plan = planned.plan
+    launch = tuning.LaunchOptions(options.storage.resolve(), Path(ray_path).name,
+                                  options.max_concurrent, options.max_failures, options.verbose)
+    try:
         if options.resume:
-            parent_id, ray_path = _resumable_parent(client, experiment_id, planned.name)
+            outcomes = tuning.restore(trainable, plan, ray_path, launch, stops)
         else:
-            tracking.close_stale_runs(client, experiment_id, planned.name)
-            parent_id, ray_path = _new_parent(client, experiment_id, planned, space, identity,
-                                              options)
-        target = tuning.TrackingTarget(
-            uri, experiment_id, parent_id,
-            params={**options.overrides(), "dataset": identity.name,
-                    "test_split": identity.test_split},
-            tags={"dataset": identity.name, "dataset_md5": identity.md5},
-        )
-        resources = tuning.Resources(options.cpus_per_trial, options.gpus_per_trial)
-        print(f"[medgrid] sweep '{planned.name}': {plan.n_trials} trials "
-              f"({plan.search.algorithm} search"
-              f"{', ASHA early stopping' if plan.scheduler else ''}); tracking {uri} "
-              f"(experiment '{options.experiment}', parent run {parent_id})", flush=True)
-        tuning.init_ray(options.ray_address, options.num_cpus, options.verbose)
-        trainable = tuning.build_trainable(splits, plan, target, resources, make_session)
-        # The object store holds the data now; the driver's own copy would sit idle all sweep.
-        del splits
-        launch = tuning.LaunchOptions(storage, Path(ray_path).name, options.max_concurrent,
-                                      options.max_failures, options.verbose)
-        try:
-            if options.resume:
-                outcomes = tuning.restore(trainable, plan, ray_path, launch)
-            else:
-                outcomes = tuning.launch(trainable, plan, launch)
-        except BaseException:
-            client.set_terminated(parent_id, "KILLED")
-            raise
-        failed = [o for o in outcomes if o.status != "TERMINATED"]
-        _log_summary(client, parent_id, outcomes, time.monotonic() - started)
-        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+            outcomes = tuning.launch(trainable, plan, launch, stops)
+        stops.raise_if_received()  # Tune stopped the trials at our request: not a finished sweep
+        if any(o.status == tuning.UNFINISHED for o in outcomes):
+            raise RuntimeError("Ray Tune returned with trials that never ran")
+    except BaseException as error:
+        finished, closed = tracking.close_interrupted_sweep(client, experiment_id, parent_id)
+        if isinstance(error, SweepInterrupted):
+            error.detail = (f"{finished} of {plan.n_trials} trials finished, {closed} "
+                            "interrupted runs closed as KILLED")
+        raise
+    failed = [o for o in outcomes if o.status != "TERMINATED"]
+    _log_summary(client, parent_id, outcomes, time.monotonic() - started)
+    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     _print_summary(outcomes, parent_id)
     return 1 if failed else 0
 
@@ -277,16 +317,72 @@ def _new_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep,
     return tracking.start_sweep_run(client, experiment_id, sweep_name, tags, params), ray_path
 
 
-def _resumable_parent(client: MlflowClient, experiment_id: str, sweep_name: str
-                      ) -> tuple[str, str]:
-    parent = tracking.latest_sweep_run(client, experiment_id, sweep_name)
+def _resumable_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep,
+                      space: Path, options: SweepOptions) -> Any:
+    """The parent run `--resume` continues, once it is known that the sweep can continue as it
+    started: Ray left a state to restore, and the space and options are the ones it started
+    with (restoring a changed space overwrites Ray's state with a sweep of nothing). Reads only:
+    nothing in MLflow or Ray changes before these checks pass."""
+    parent = tracking.latest_sweep_run(client, experiment_id, planned.name)
     if parent is None:
-        raise UserError(f"--resume: no sweep '{sweep_name}' in this experiment; "
+        raise UserError(f"--resume: no sweep '{planned.name}' in this experiment; "
                         "expected an earlier `medgrid tune` of the same space")
     ray_path = parent.data.tags.get(tracking.RAY_PATH_TAG, "")
     if not ray_path or not tuning.can_restore(ray_path):
         raise UserError(f"--resume: Ray left nothing to restore at {ray_path or '?'}; expected "
                         "the --storage directory of the interrupted sweep")
+    then = parent.data.tags.get("space_sha256")
+    if then and then != planned.content_sha256:
+        raise UserError(f"--resume: {space} changed since sweep '{planned.name}' started "
+                        f"({_space_change(client, experiment_id, parent, planned)}); expected "
+                        "the space it started with: restore the file and --resume again, or "
+                        "start a new sweep (without --resume)")
+    changed = _option_changes(parent.data.params, options.overrides())
+    if changed:
+        raise UserError(f"--resume: sweep '{planned.name}' started with other options "
+                        f"({changed}); expected the same --epochs, --limit-train and --seeds, "
+                        "or a new sweep (without --resume)")
+    return parent
+
+
+def _space_change(client: MlflowClient, experiment_id: str, parent: Any,
+                  planned: PlannedSweep) -> str:
+    """What changed, as far as MLflow knows cheaply: the planned trial count, grid trials the
+    sweep ran that the space no longer has, and the two content hashes."""
+    before = parent.data.params.get("n_trials", "?")
+    parts = [f"{before} trials planned then, {planned.plan.n_trials} now"]
+    if planned.plan.study is None:
+        names = {str(point[tuning.NAME_KEY]) for point in planned.plan.points}
+        ran = {run.info.run_name for run in tracking.sweep_children(
+            client, experiment_id, parent.info.run_id)}
+        gone = sorted(ran - names)
+        if gone:
+            shown = ", ".join(f"'{name}'" for name in gone[:3])
+            more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+            parts.append(f"no longer in it: {shown}{more}")
+    sha = parent.data.tags.get("space_sha256", "?")
+    parts.append(f"sha256 {sha[:12]} then, {planned.content_sha256[:12]} now")
+    return "; ".join(parts)
+
+
+_OPTION_NAMES = {"override.epochs_cap": "--epochs", "override.limit_train": "--limit-train",
+                 "override.seeds": "--seeds"}
+
+
+def _option_changes(then: Mapping[str, str], now: Mapping[str, str]) -> str:
+    """The overriding options that differ between the sweep's start and now ('' if none)."""
+    changes = []
+    for key, flag in _OPTION_NAMES.items():
+        if then.get(key) != now.get(key):
+            changes.append(f"{flag} {then.get(key, 'not given')} then, "
+                           f"{now.get(key, 'not given')} now")
+    return "; ".join(changes)
+
+
+def _reopen_parent(client: MlflowClient, experiment_id: str, sweep_name: str,
+                   parent: Any) -> tuple[str, str]:
+    """The checked parent RUNNING again, the runs its interruption left RUNNING closed."""
+    ray_path = parent.data.tags[tracking.RAY_PATH_TAG]
     closed = tracking.close_stale_runs(client, experiment_id, sweep_name,
                                        keep_parent=parent.info.run_id)
     client.update_run(parent.info.run_id, status="RUNNING")

@@ -145,6 +145,28 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
     return closed
 
 
+def sweep_children(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                   status: str | None = None) -> list[Any]:
+    """The child runs of one sweep (optionally only those with `status`)."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if status is not None:
+        query += f" AND attributes.status = '{status}'"
+    return search_all(client, experiment_id, query)
+
+
+def close_interrupted_sweep(client: MlflowClient, experiment_id: str,
+                            parent_run_id: str) -> tuple[int, int]:
+    """End an interrupted sweep: its unfinished child runs and the parent KILLED (`--resume`
+    reopens them). Returns (children FINISHED, children closed now)."""
+    closed = 0
+    for run in sweep_children(client, experiment_id, parent_run_id, "RUNNING"):
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed += 1
+    client.set_terminated(parent_run_id, "KILLED")
+    finished = len(sweep_children(client, experiment_id, parent_run_id, "FINISHED"))
+    return finished, closed
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
                    name: str) -> str | None:
     """The run id of trial `name` in this sweep (any status), if it has one."""

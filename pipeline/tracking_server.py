@@ -5,24 +5,32 @@ driver starts `mlflow server --workers 1` on a free loopback port over the same 
 log metrics over HTTP, the single server process serialises the writes, and artifacts go straight
 to `file://` URIs under the store's artifact directory (the server listens on loopback only, so
 every trial runs on this machine).
+
+The server runs in a session of its own, so the terminal's Ctrl-C (SIGINT to the foreground
+process group) reaches the driver but not the server: the driver still needs it to close the
+interrupted sweep's runs, and stops it last.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import UserError
-from pipeline.tracking_store import artifact_root
+from pipeline.tracking_store import artifact_root, sqlite_path
 
 _PR_SET_PDEATHSIG = 1
 # How long a user's server gets to answer before medgrid gives up: long enough for a blip,
@@ -45,10 +53,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(url: str, timeout: float) -> bool:
-    """Poll `<url>/health` until it answers 200 or `timeout` seconds pass."""
+def wait_healthy(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll `<url>/health` until it answers 200, `timeout` seconds pass, or `alive()` turns
+    False (a server that exited will never answer: no use waiting out the timeout)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -74,8 +83,52 @@ def require_server(uri: str, timeout: float | None = None) -> str:
     return url
 
 
+def check_sqlite_store(uri: str) -> None:
+    """Refuse a SQLite store that cannot be written, in one line and at once: MLflow's server
+    retries opening it with back-off for minutes before giving up."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    if db.exists():
+        try:  # a real write lock: permission bits say nothing of read-only mounts, or to root
+            with sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True, timeout=5) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.rollback()
+            conn.close()
+        except sqlite3.Error as exc:
+            if "locked" not in str(exc):  # busy with another sweep's writes: writable
+                raise UserError(f"--tracking-uri {uri}: cannot write {db} ({exc}); expected a "
+                                "writable SQLite file") from None
+        return
+    if not db.parent.is_dir():
+        raise UserError(f"--tracking-uri {uri}: {db.parent} is not a directory; expected the "
+                        "database file in an existing directory")
+    try:
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+    except OSError as exc:
+        raise UserError(f"--tracking-uri {uri}: cannot create {db} ({exc.strerror or exc}); "
+                        "expected a writable directory") from None
+
+
+# The line of a Python traceback that names the error, e.g. "mlflow.exceptions.X: message".
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception)):\s*(.*)$")
+
+
+def last_error_line(log: str) -> str:
+    """The error a dead server's log ends with, in one short line ('' if none)."""
+    for line in reversed(log.splitlines()):
+        match = _ERROR_LINE.match(line.strip())
+        if match:
+            name, message = match.groups()
+            message = " ".join(message.split())
+            return f"{name}: {message[:240]}{'...' if len(message) > 240 else ''}"
+    return ""
+
+
 class LocalTrackingServer:
-    """`mlflow server` over a local backend store, bound to loopback, stopped on exit."""
+    """`mlflow server` over a local backend store, bound to loopback, in its own session,
+    stopped on exit."""
 
     def __init__(self, backend_uri: str, artifacts_dir: Path, log_file: Path,
                  startup_timeout: float = 90.0) -> None:
@@ -87,8 +140,15 @@ class LocalTrackingServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (also its session and process group id), once started."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> str:
-        """Start the server and return its URL once `/health` answers."""
+        """Start the server and return its URL once `/health` answers; a `UserError` with the
+        server's own last error line if it exits first."""
+        check_sqlite_store(self.backend_uri)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         command = [
@@ -103,26 +163,58 @@ class LocalTrackingServer:
         # training sweep never uses.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log_file, "ab") as log:
+            logged_before = log.tell()
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # out of the terminal's process group: see the docstring
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run yet in the driver
             )
-        if not wait_healthy(self.url, self.startup_timeout) or self._process.poll() is not None:
+        process = self._process
+        try:
+            if wait_healthy(self.url, self.startup_timeout, lambda: process.poll() is None):
+                return self.url
+        except BaseException:  # e.g. Ctrl-C while it starts: `__exit__` will not run
             self.stop()
-            raise UserError(f"the local MLflow server over {self.backend_uri} did not start; "
-                            f"expected a writable store (see {self.log_file})")
-        return self.url
+            raise
+        code = process.poll()
+        self.stop()
+        if code is not None:
+            with open(self.log_file, "rb") as log:
+                log.seek(logged_before)
+                said = last_error_line(log.read().decode(errors="replace"))
+            raise UserError(f"the local MLflow server over {self.backend_uri} exited at once "
+                            f"(code {code}){': ' + said if said else ''}; expected a store it "
+                            f"can open and write (see {self.log_file})")
+        raise UserError(f"the local MLflow server over {self.backend_uri} did not answer within "
+                        f"{self.startup_timeout:.0f} s; expected a writable store (see "
+                        f"{self.log_file})")
 
     def stop(self) -> None:
-        """Stop the server (and its worker processes)."""
-        if self._process is None or self._process.poll() is not None:
+        """Stop the server and its worker processes (its whole process group: a uvicorn worker
+        outlives a server killed alone)."""
+        if self._process is None:
             return
-        self._process.terminate()
+        group = self._process.pid
+        try:
+            os.killpg(group, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         try:
             self._process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            pass
+        try:  # whatever of the group did not go on SIGTERM
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._process.wait()
+        deadline = time.monotonic() + 5  # SIGKILL is delivered, not awaited: see them gone
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
     def __enter__(self) -> LocalTrackingServer:
         self.start()

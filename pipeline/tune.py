@@ -16,8 +16,10 @@ import logging
 import math
 import os
 import re
+import signal
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from pipeline.config import (
 )
 from pipeline.data import Splits
 from pipeline.errors import UserError
+from pipeline.interrupts import StopSignals
 from pipeline.progress import SweepProgress
 from pipeline.tracking import TrialRun, finished_trial
 from pipeline.trial import TrialCheckpoint, TrialSession
@@ -149,10 +152,11 @@ class RunNames:
         return name
 
 
-def check_resources_fit(bundles: list[dict[str, float]]) -> None:
-    """Fail now, in one line, if no node could ever run some trial (Tune would wait forever)."""
+def check_resources_fit(resources: Resources, plan: SweepPlan) -> None:
+    """Fail now, in one line, if no node could ever run some trial (Tune would wait forever).
+    The driver asks before it creates the sweep's parent run, so a refusal leaves nothing."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    for bundle in bundles:
+    for bundle in [resources.for_model(m) for m in sorted(plan.models())]:
         if not any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
             largest = max(nodes, key=lambda n: n.get("CPU", 0.0), default={})
             have = {k: largest.get(k, 0.0) for k in ("CPU", "GPU")}
@@ -160,12 +164,15 @@ def check_resources_fit(bundles: list[dict[str, float]]) -> None:
                             "expected --cpus-per-trial/--gpus-per-trial that fit a node")
 
 
+UNFINISHED = "UNFINISHED"  # a trial Tune never ran (the sweep was stopped first)
+
+
 @dataclass
 class TrialOutcome:
     """How one trial ended, as Tune saw it."""
 
     name: str
-    status: str  # TERMINATED or ERROR
+    status: str  # TERMINATED, ERROR, or UNFINISHED
     metrics: dict[str, Any]
     error: str | None = None
     stopped_early: bool = False
@@ -235,6 +242,8 @@ class MedgridTrainable(tune.Trainable):
             if self.session.done:
                 result.update(self._close(stopped=False), done=True)
             return result
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the sweep is being stopped: the driver closes the run KILLED, --resume reopens
         except BaseException as error:
             self._fail(error)
             raise
@@ -430,7 +439,6 @@ class _ProgressLines(tune.Callback):
 def build_trainable(data: Splits, plan: SweepPlan, target: TrackingTarget,
                     resources: Resources, make_session: SessionFactory = TrialSession) -> Any:
     """The trainable with shared objects put into the object store once, and its resources."""
-    check_resources_fit([resources.for_model(m) for m in plan.models()])
     credentials = {name: os.environ[name] for name in CREDENTIAL_ENV if os.environ.get(name)}
     target = dataclasses.replace(target, credentials=credentials)
     trainable = tune.with_parameters(MedgridTrainable, data=data, plan=plan, target=target,
@@ -442,10 +450,14 @@ def build_trainable(data: Splits, plan: SweepPlan, target: TrackingTarget,
     return tune.with_resources(trainable, request)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Join the cluster at `address`, or start a local Ray; Ray's own chatter only if verbose."""
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
+    """Join the cluster at `address`, or start a local Ray; Ray's own chatter only if verbose.
+    False if this process was already connected to a Ray (then it is not ours to shut down)."""
     if ray.is_initialized():
-        return
+        return False
+    # SIGINT is the driver's (interrupts.StopSignals), which asks Tune to stop through Tune's
+    # SIGUSR1 handler; Tune's own SIGINT handler would hide the signal from the driver.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if not verbose:  # Ray's start-up notes and warnings meant for Ray's own operators
         # (the token warning only says that Ray's default, token authentication, is on)
         for name in ("ray", "ray.train", "ray.air", "ray._private.worker",
@@ -470,6 +482,38 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
         # `ray start` last left on this machine (/tmp/ray/ray_current_cluster).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=verbose, runtime_env=runtime_env)
+    return True
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray; a local Ray's processes (GCS, raylet, workers) end with it."""
+    ray.shutdown()
+
+
+@contextmanager
+def _stoppable(stops: StopSignals | None) -> Iterator[None]:
+    """While Tune runs, the driver's first SIGINT/SIGTERM becomes Tune's graceful stop: Tune
+    saves its experiment state, stops the trials (killing any still busy after 5 s) and
+    returns. Tune installs that stop as its SIGUSR1 handler when its loop starts; before that
+    there is nothing to stop gracefully and the signal unwinds the driver."""
+    if stops is None:
+        yield
+        return
+    before = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # not an earlier Tune's handler
+
+    def ask_tune() -> bool:
+        handler = signal.getsignal(signal.SIGUSR1)
+        if not callable(handler):
+            return False
+        handler(signal.SIGUSR1, None)
+        return True
+
+    stops.graceful = ask_tune
+    try:
+        yield
+    finally:
+        stops.graceful = None
+        signal.signal(signal.SIGUSR1, before)
 
 
 @dataclass(frozen=True)
@@ -483,8 +527,9 @@ class LaunchOptions:
     verbose: bool = False
 
 
-def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions) -> list[TrialOutcome]:
-    """Run a fresh sweep and return each trial's outcome."""
+def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions,
+           stops: StopSignals | None = None) -> list[TrialOutcome]:
+    """Run a fresh sweep and return each trial's outcome (stopped early by `stops`)."""
     tune_config = tune.TuneConfig(
         search_alg=searcher(plan), scheduler=scheduler(plan), num_samples=plan.n_trials,
         metric=plan.search.metric, mode=plan.search.mode,
@@ -493,7 +538,9 @@ def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions) -> list[Tria
         trial_dirname_creator=lambda t: _trial_dirname(plan, t))
     tuner = tune.Tuner(trainable, param_space=param_space(plan), tune_config=tune_config,
                        run_config=_run_config(plan, options))
-    return _outcomes(tuner.fit(), plan)
+    with _stoppable(stops):
+        results = tuner.fit()
+    return _outcomes(results, plan)
 
 
 def _trial_dirname(plan: SweepPlan, trial: Any) -> str:
@@ -503,12 +550,14 @@ def _trial_dirname(plan: SweepPlan, trial: Any) -> str:
 
 
 def restore(trainable: Any, plan: SweepPlan, experiment_path: str,
-            options: LaunchOptions) -> list[TrialOutcome]:
+            options: LaunchOptions, stops: StopSignals | None = None) -> list[TrialOutcome]:
     """Continue a sweep whose driver died: finished trials stay done, unfinished ones continue
     from their last checkpoint, and a searcher's state (what it sampled) is restored."""
     tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                resume_errored=True, restart_errored=False)
-    return _outcomes(tuner.fit(), plan)
+    with _stoppable(stops):
+        results = tuner.fit()
+    return _outcomes(results, plan)
 
 
 def can_restore(experiment_path: str) -> bool:
@@ -534,14 +583,15 @@ def _outcomes(results: Any, plan: SweepPlan) -> list[TrialOutcome]:
     outcomes = []
     for result in results:
         metrics = dict(result.metrics or {})
+        config = dict(result.config or {})  # None for a trial that never started
         name = metrics.get(RUN_NAME_KEY)
         if not name:  # failed before its first result
             try:
-                name = plan.trial_name(result.config)
+                name = plan.trial_name(config)
             except (UserError, KeyError, ValueError):
                 name = metrics.get("trial_id") or "?"
         error = f"{type(result.error).__name__}: {result.error}" if result.error else None
-        status = "ERROR" if result.error else "TERMINATED"
+        status = "ERROR" if error else "TERMINATED" if metrics else UNFINISHED
         outcomes.append(TrialOutcome(str(name), status, metrics, error,
-                                     not error and _stopped_early(result.config, metrics)))
+                                     not error and _stopped_early(config, metrics)))
     return outcomes

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from pipeline.data import Splits, load_splits
 from pipeline.synthetic import synthesize
+
+# The checkout under test first on the path of every process a test starts (`python -m
+# pipeline` in a temporary directory, Ray's workers): else an installed medgrid (e.g. the
+# editable install of another checkout) would answer for it.
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                         os.environ.get("PYTHONPATH")]))
 
 # Big enough for the homework's 529-image test subset (182/55/42/250 of classes 0-3).
 TINY_SIZES = {"n_train": 400, "n_val": 100, "n_test": 1000}

@@ -1,0 +1,219 @@
+"""A sweep stopped by a signal, and `--resume` after its space was edited (issue 14, items 1-3):
+real `medgrid tune` processes on tiny data, signals sent as a terminal or a scheduler sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.process_session import kill_session, session_pids
+from pipeline.synthetic import synthesize
+
+pytestmark = pytest.mark.slow
+
+# Two trials that run side by side for a few seconds each: long enough to be caught running.
+SPACE = """\
+name: stoppable
+model: torch_ffn
+params: {epochs: 12, batch_size: 32, hidden_size: 32, layers: 2, learning_rate: [0.01, 0.003]}
+checkpoint_every: 3
+"""
+TRIALS = {"stoppable lr=0.01 seed=42", "stoppable lr=0.003 seed=42"}
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Big enough that an epoch takes a moment (3,000 training images)."""
+    return synthesize(tmp_path_factory.mktemp("data") / "small.npz", seed=0, n_train=3000,
+                      n_val=100, n_test=1000)
+
+
+def runs(work: Path) -> list:
+    """Every run of the sweep's experiment, read straight from the store."""
+    db = work / "mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("medgrid")
+    return [] if experiment is None else list(client.search_runs([experiment.experiment_id]))
+
+
+def epochs_logged(work: Path, run_id: str) -> int:
+    history = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_metric_history(run_id,
+                                                                                 "train/loss")
+    return len(history)
+
+
+def server_session(work: Path) -> int | None:
+    """The session of the sweep's private MLflow server (it leads its own): found by the store
+    it serves, which is in its command line."""
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"server" in command and store.encode() in command:
+            return int(entry.name)
+    return None
+
+
+class Sweep:
+    """One `medgrid tune` process in a session of its own, and the sessions it started."""
+
+    def __init__(self, work: Path, data: Path, *extra: str) -> None:
+        self.work = work
+        self.args = ["tune", "space.yaml", "--data", str(data), "--num-cpus", "2",
+                     "--max-concurrent", "2", *extra]
+        self.driver = subprocess.Popen([sys.executable, "-m", "pipeline", *self.args], cwd=work,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True)
+        self.server: int | None = None
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 240) -> None:
+        """Poll until `condition()` holds while the sweep runs (noting its server's session)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.driver.poll() is None:
+            self.server = self.server or server_session(self.work)
+            if condition():
+                return
+            time.sleep(0.2)
+        out, err = self.driver.communicate() if self.driver.poll() is not None else ("", "")
+        raise AssertionError(f"the sweep never got there (exit {self.driver.poll()}):\n{out}{err}")
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        out, err = self.driver.communicate(timeout=timeout)
+        return self.driver.returncode, out, err
+
+    def leftovers(self) -> list[int]:
+        """Processes of the sweep still alive: its Ray (the driver's session), its server."""
+        sessions = [self.driver.pid] + ([self.server] if self.server else [])
+        return [pid for session in sessions for pid in session_pids(session)]
+
+    def kill(self) -> None:
+        """Whatever the sweep left, killed (never `ray stop --force`: other tests' Ray)."""
+        for session in (self.driver.pid, self.server):
+            if session:
+                kill_session(session)
+        if self.driver.poll() is None:
+            self.driver.kill()
+        self.driver.wait()
+
+
+@pytest.fixture
+def sweeps() -> Iterator[list[Sweep]]:
+    """Sweeps a test starts; all of them killed at the end, whatever happened."""
+    started: list[Sweep] = []
+    yield started
+    for sweep in started:
+        sweep.kill()
+
+
+def _query(work: Path, sql: str) -> list[tuple]:
+    """Rows from the store, read-only with plain sqlite3 while the sweep runs (an MLflow client
+    here would race the server's creation of the tables); none before the tables exist."""
+    try:
+        with closing(sqlite3.connect(f"{(work / 'mlflow.db').as_uri()}?mode=ro", uri=True,
+                                     timeout=5)) as db:
+            return db.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+RUNNING_TRIALS = ("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                  "WHERE t.key = 'medgrid.kind' AND t.value = 'trial' AND r.status = 'RUNNING'")
+
+
+def trial_started(work: Path) -> bool:
+    return bool(_query(work, RUNNING_TRIALS))
+
+
+def mid_trial(work: Path) -> bool:
+    """A trial has logged two epochs (and so is in the middle of a later one)."""
+    return bool(_query(work, "SELECT run_uuid FROM metrics WHERE key = 'train/loss' AND "
+                       f"run_uuid IN ({RUNNING_TRIALS}) GROUP BY run_uuid HAVING COUNT(*) >= 2"))
+
+
+def assert_stopped(sweep: Sweep, code: int, err: str, name: str, expected_code: int) -> None:
+    """What a stopped sweep must leave: its exit code, one line saying how to resume, every
+    run closed (unfinished ones KILLED, the parent KILLED), and no process of it alive."""
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"medgrid: interrupted by {name}: "), err
+    assert last.endswith(" ".join(["medgrid", *sweep.args, "--resume"])), last
+    statuses = {r.info.run_name: r.info.status for r in runs(sweep.work)}
+    [parent] = [r for r in runs(sweep.work) if r.data.tags.get("medgrid.kind") == "sweep"]
+    assert parent.info.status == "KILLED"
+    assert "RUNNING" not in statuses.values(), statuses
+    for run in runs(sweep.work):
+        if run.info.status == "FINISHED" and run.data.tags.get("medgrid.kind") == "trial":
+            assert epochs_logged(sweep.work, run.info.run_id) == 12  # finished means finished
+    assert sweep.server is not None  # it was found, so the next line checks it too
+    assert sweep.leftovers() == []
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C mid-epoch", "SIGINT to the driver at a trial start"])
+def test_a_signal_stops_the_sweep_and_closes_everything(
+        how: str, tmp_path: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    sweep = Sweep(tmp_path, small_npz)
+    sweeps.append(sweep)
+    if how.startswith("Ctrl-C"):  # a terminal sends SIGINT to the whole foreground group
+        sweep.wait_for(lambda: mid_trial(tmp_path))
+        os.killpg(sweep.driver.pid, signal.SIGINT)
+    else:
+        sweep.wait_for(lambda: trial_started(tmp_path))
+        os.kill(sweep.driver.pid, signal.SIGINT)
+    code, _, err = sweep.finish()
+    assert_stopped(sweep, code, err, "SIGINT", 130)
+
+
+def test_resume_refuses_an_edited_space_and_resumes_the_original(
+        tmp_path: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    sweep = Sweep(tmp_path, small_npz)
+    sweeps.append(sweep)
+    sweep.wait_for(lambda: trial_started(tmp_path))
+    os.kill(sweep.driver.pid, signal.SIGTERM)  # as a batch scheduler stops a job
+    code, _, err = sweep.finish()
+    assert_stopped(sweep, code, err, "SIGTERM", 143)
+
+    ray_state = {p: p.read_bytes() for p in (tmp_path / "ray_results").rglob("*") if p.is_file()}
+    before = {r.info.run_id: r.info.status for r in runs(tmp_path)}
+    space.write_text(SPACE.replace("[0.01, 0.003]", "[0.5, 0.05]"))
+    edited = Sweep(tmp_path, small_npz, "--resume")
+    sweeps.append(edited)
+    code, out, err = edited.finish(timeout=240)
+    assert code == 2, out + err
+    assert err.startswith("medgrid: error: --resume: space.yaml changed since sweep "
+                          "'stoppable' started") and err.count("\n") == 1, err
+    assert "'stoppable lr=0.01 seed=42'" in err  # a trial the edited space no longer has
+    assert "restore the file" in err and "without --resume" in err
+    after = {p: p.read_bytes() for p in (tmp_path / "ray_results").rglob("*") if p.is_file()
+             and p.name != "mlflow-server.log"}
+    assert after == {p: b for p, b in ray_state.items() if p.name != "mlflow-server.log"}
+    assert {r.info.run_id: r.info.status for r in runs(tmp_path)} == before  # untouched
+
+    space.write_text(SPACE)
+    resumed = Sweep(tmp_path, small_npz, "--resume")
+    sweeps.append(resumed)
+    code, out, err = resumed.finish(timeout=300)
+    assert code == 0, out + err
+    trials = [r for r in runs(tmp_path) if r.data.tags.get("medgrid.kind") == "trial"]
+    assert {r.info.run_name for r in trials} == TRIALS
+    assert {r.info.status for r in runs(tmp_path)} == {"FINISHED"}
+    for run in trials:
+        assert epochs_logged(tmp_path, run.info.run_id) == 12
