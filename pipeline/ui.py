@@ -42,6 +42,9 @@ def serve_ui(store_uri: str, artifacts_dir: Path, port: int) -> int:
     # Its log goes to a file (a pipe nobody reads would fill up and stall the UI); its own
     # process group, so the terminal's Ctrl-C reaches medgrid, which then stops the UI.
     log = tempfile.TemporaryFile()
+    # `kill` (SIGTERM) must stop the UI too: by default it ends this process without running
+    # `finally`, and the UI, in its own session, would go on serving with nobody to stop it.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
@@ -59,6 +62,11 @@ def serve_ui(store_uri: str, artifacts_dir: Path, port: int) -> int:
     finally:
         _stop(process)
         log.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _start_page(url: str, store_uri: str) -> str:
@@ -86,11 +94,17 @@ def _last_line(process: subprocess.Popen[bytes], log: IO[bytes]) -> str:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
+    """Stop the UI's whole process group (its uvicorn worker may outlive the main process)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM if process.poll() is None else signal.SIGKILL)
+    except ProcessLookupError:
         return
-    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:
+        pass
+    process.wait()

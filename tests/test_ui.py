@@ -1,5 +1,5 @@
 """`medgrid ui`: MLflow's UI over the project's store, on loopback, opened at the latest sweep's
-runs, stopped cleanly by Ctrl-C. Runs the real command and the real MLflow UI."""
+runs, stopped cleanly by Ctrl-C or kill. Runs the real command and the real MLflow UI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import KIND_TAG
@@ -44,8 +45,15 @@ def processes_naming(port: int) -> list[int]:
     return pids
 
 
-def test_ui_opens_on_the_latest_sweeps_runs_on_loopback_and_stops_on_ctrl_c(
-        tmp_path: Path) -> None:
+STOPS = {
+    "Ctrl-C in its terminal": lambda pid: os.killpg(pid, signal.SIGINT),  # the whole group
+    "kill (SIGTERM) to medgrid alone": lambda pid: os.kill(pid, signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_ui_opens_on_the_latest_sweeps_runs_on_loopback_and_stops_cleanly(
+        stop: str, tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_experiment("scratch")
     demo = client.create_experiment("medgrid-demo")
@@ -62,7 +70,7 @@ def test_ui_opens_on_the_latest_sweeps_runs_on_loopback_and_stops_on_ctrl_c(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
             assert answer.status == 200
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
-        os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+        STOPS[stop](ui.pid)
         assert ui.wait(timeout=60) == 0
         assert "Traceback" not in ui.stderr.read()
         assert processes_naming(port) == [] and listening_addresses(port) == set()
