@@ -214,7 +214,7 @@ def run_sweep(space: Path, options: SweepOptions,
                     parent_id, ray_path = _new_parent(client, experiment_id, planned, space,
                                                       identity, options)
                 trainable = _trainable(uri, experiment_id, parent_id, splits, planned, options,
-                                       make_session)
+                                       resources, make_session)
                 del splits  # the object store holds the data now; the driver's copy would idle
                 return _drive(client, experiment_id, parent_id, ray_path, trainable, planned,
                               options, stops, started)
@@ -224,7 +224,7 @@ def run_sweep(space: Path, options: SweepOptions,
 
 
 def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
-               planned: PlannedSweep, options: SweepOptions,
+               planned: PlannedSweep, options: SweepOptions, resources: tuning.Resources,
                make_session: tuning.SessionFactory) -> Any:
     """Tune's trainable of the sweep, logging under `parent_id`, with the data in Ray."""
     plan, identity = planned.plan, splits.identity
@@ -238,7 +238,6 @@ def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
           f"({plan.search.algorithm} search"
           f"{', ASHA early stopping' if plan.scheduler else ''}); tracking {uri} "
           f"(experiment '{options.experiment}', parent run {parent_id})", flush=True)
-    resources = tuning.Resources(options.cpus_per_trial, options.gpus_per_trial)
     return tuning.build_trainable(splits, plan, target, resources, make_session)
 
 
