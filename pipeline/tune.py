@@ -480,9 +480,31 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     else:
         # "local": always a Ray of this sweep's own. Left unset, Ray would join whatever Ray
         # `ray start` last left on this machine (/tmp/ray/ray_current_cluster).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=verbose, runtime_env=runtime_env)
+        with _loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=verbose, runtime_env=runtime_env)
     return True
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """A local Ray whose every port (GCS, raylet, object manager, workers, runtime-env agent)
+    listens on 127.0.0.1 only.
+
+    Ray binds its servers to all interfaces unless the node's IP is 127.0.0.1, and on Linux it
+    turns a requested 127.0.0.1 into the machine's external address (`resolve_ip_for_localhost`)
+    so that other nodes could join. It keeps the node on loopback only where clusters are off
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read once at import into this constant). A sweep's
+    own Ray never takes other nodes, so it is started with clusters off; the constant is put
+    back afterwards, for a later `--ray-address` sweep in the same process."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def shutdown_ray() -> None:
