@@ -1,5 +1,6 @@
-"""A sweep stopped by a signal, and `--resume` after its space was edited (issue 14, items 1-3):
-real `medgrid tune` processes on tiny data, signals sent as a terminal or a scheduler sends them.
+"""Real `medgrid tune` processes on tiny data (issue 14): a sweep stopped by a signal, sent as a
+terminal or a scheduler sends it (items 2, 3); `--resume` after its space was edited (item 1); the
+ports a local sweep opens (item 4).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sockets import Listener, listeners
 
 from pipeline.process_session import kill_session, session_pids
 from pipeline.synthetic import synthesize
@@ -80,17 +82,27 @@ class Sweep:
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True, start_new_session=True)
         self.server: int | None = None
+        self.listeners: set[Listener] = set()
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 240) -> None:
         """Poll until `condition()` holds while the sweep runs (noting its server's session)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.driver.poll() is None:
             self.server = self.server or server_session(self.work)
+            self.listeners |= listeners(self.leftovers())
             if condition():
                 return
             time.sleep(0.2)
         out, err = self.driver.communicate() if self.driver.poll() is not None else ("", "")
         raise AssertionError(f"the sweep never got there (exit {self.driver.poll()}):\n{out}{err}")
+
+    def watch_to_the_end(self, timeout: float = 240) -> None:
+        """Poll (noting its server and listening sockets) until the sweep exits by itself."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.driver.poll() is None:
+            self.server = self.server or server_session(self.work)
+            self.listeners |= listeners(self.leftovers())
+            time.sleep(0.2)
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         out, err = self.driver.communicate(timeout=timeout)
@@ -217,3 +229,19 @@ def test_resume_refuses_an_edited_space_and_resumes_the_original(
     assert {r.info.status for r in runs(tmp_path)} == {"FINISHED"}
     for run in trials:
         assert epochs_logged(tmp_path, run.info.run_id) == 12
+
+
+def test_a_local_sweep_listens_on_loopback_only(tmp_path: Path, small_npz: Path,
+                                                sweeps: list[Sweep]) -> None:
+    """Every port of a local sweep (Ray's GCS, raylet, workers and runtime-env agent, the driver,
+    the private MLflow server) is bound to 127.0.0.1: nothing reachable from the network."""
+    (tmp_path / "space.yaml").write_text(SPACE.replace("epochs: 12", "epochs: 4"))
+    sweep = Sweep(tmp_path, small_npz)
+    sweeps.append(sweep)
+    sweep.watch_to_the_end()
+    code, out, err = sweep.finish()
+    assert code == 0, out + err
+    seen = {listener.process.split(".")[0] for listener in sweep.listeners}
+    assert {"gcs_server", "raylet", "ray::RuntimeEnvAgent", "ray::IDLE"} <= seen, seen
+    assert sweep.server is not None  # the private server's session was watched too
+    assert [x for x in sweep.listeners if not x.loopback] == []
