@@ -6,14 +6,13 @@ Every user error ends here as one line on stderr and exit code 2, without a trac
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline import __version__
+from pipeline import __version__, ray_address
 from pipeline.errors import UserError
 from pipeline.interrupts import SweepInterrupted
 
@@ -126,13 +125,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         require_server(args.tracking_uri)
     _check_storage(args.storage)
     _check_trial_count(args.space, args.seeds, args.max_trials)
+    cluster = ray_address.choose(args.ray_address)
+    if cluster and args.num_cpus is not None:
+        raise UserError(f"--num-cpus {args.num_cpus} with {cluster.source} {cluster.address}: "
+                        "--num-cpus sizes a local Ray; expected one of them (a cluster has the "
+                        "CPUs it has)")
+    if cluster:
+        print(f"[medgrid] joining the Ray cluster at {cluster.address} (from {cluster.source}"
+              + ("; unset it, or pass --ray-address local, for a local Ray of the sweep's own)"
+                 if cluster.source == "$RAY_ADDRESS" else ")"), flush=True)
+        ray_address.check_reachable(cluster)
+    address = cluster.address if cluster else None
     from pipeline.sweep import SweepOptions, run_sweep
 
-    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
-    if address and args.num_cpus is not None:
-        given = "--ray-address" if args.ray_address else "RAY_ADDRESS"
-        raise UserError(f"--num-cpus {args.num_cpus} with {given} {address}: --num-cpus sizes "
-                        "a local Ray; expected one of them (a cluster has the CPUs it has)")
     options = SweepOptions(
         data=args.data, dataset=args.dataset, test_split=args.test_split,
         experiment=args.experiment, tracking_uri=args.tracking_uri,
@@ -240,7 +245,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                       help="MLflow store or server (default: sqlite:///mlflow.db, served to the "
                       "trials by a private local server)")
     tune.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS if "
-                      "set, else a local Ray of the sweep's own)")
+                      "set, else a local Ray of the sweep's own; 'local' forces the latter)")
     tune.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray "
                       "(default: all)")
     tune.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")

@@ -476,7 +476,12 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     # sweep, so those lines would only mislead.
     runtime_env = {"env_vars": {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}}
     if address:
-        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
+        try:
+            ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
+        except ConnectionError as error:  # e.g. "auto" with no `ray start` cluster here
+            reason = str(error).splitlines()[0].rstrip(".")
+            raise UserError(f"Ray cluster at {address}: {reason}; expected a running cluster, "
+                            "or --ray-address local") from None
     else:
         # "local": always a Ray of this sweep's own. Left unset, Ray would join whatever Ray
         # `ray start` last left on this machine (/tmp/ray/ray_current_cluster).
