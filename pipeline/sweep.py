@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline import __version__, data, data_source, tracking
+from pipeline import __version__, data, data_source, liveness, tracking
 from pipeline import tune as tuning
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
@@ -216,8 +216,9 @@ def run_sweep(space: Path, options: SweepOptions,
                 trainable = _trainable(uri, experiment_id, parent_id, splits, planned, options,
                                        resources, make_session)
                 del splits  # the object store holds the data now; the driver's copy would idle
-                return _drive(client, experiment_id, parent_id, ray_path, trainable, planned,
-                              options, stops, started)
+                with liveness.Heartbeat(lambda: tracking.heartbeat(client, parent_id)):
+                    return _drive(client, experiment_id, parent_id, ray_path, trainable,
+                                  planned, options, stops, started)
             finally:
                 if started_ray:  # before the tracking server: it is stopped last
                     tuning.shutdown_ray()
@@ -326,6 +327,10 @@ def _resumable_parent(client: MlflowClient, experiment_id: str, planned: Planned
     if parent is None:
         raise UserError(f"--resume: no sweep '{planned.name}' in this experiment; "
                         "expected an earlier `medgrid tune` of the same space")
+    if parent.info.status == "RUNNING" and tracking.sweep_alive(parent):
+        driver = liveness.describe(parent.data.tags.get(tracking.DRIVER_TAG))
+        raise UserError(f"--resume: sweep '{planned.name}' is still running ({driver}); "
+                        "expected it to end first (Ctrl-C or SIGTERM stops it cleanly)")
     ray_path = parent.data.tags.get(tracking.RAY_PATH_TAG, "")
     if not ray_path or not tuning.can_restore(ray_path):
         raise UserError(f"--resume: Ray left nothing to restore at {ray_path or '?'}; expected "
@@ -385,6 +390,7 @@ def _reopen_parent(client: MlflowClient, experiment_id: str, sweep_name: str,
     closed = tracking.close_stale_runs(client, experiment_id, sweep_name,
                                        keep_parent=parent.info.run_id)
     client.update_run(parent.info.run_id, status="RUNNING")
+    tracking.claim_sweep_run(client, parent.info.run_id)
     print(f"[medgrid] resuming sweep run {parent.info.run_id} from {ray_path} "
           f"({closed} interrupted runs closed as KILLED)", flush=True)
     return parent.info.run_id, ray_path

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import liveness
 from pipeline.errors import UserError
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -32,6 +33,8 @@ STOPPED_TAG = "stopped_early"
 ALSO_TAG = "medgrid.also"  # JSON {study: run name}: other studies this trial's training serves
 STOPPED_EPOCH_TAG = "stopped_epoch"
 # MLflow's UI opens an experiment of this kind on its runs and charts, not on the GenAI overview.
+DRIVER_TAG = "medgrid.driver"  # on a parent: the driver's host, pid and start (liveness.py)
+HEARTBEAT_TAG = "medgrid.heartbeat"  # on a parent: unix time its live driver last wrote
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 _MAX_PARAM_LEN = 6000
@@ -85,9 +88,30 @@ def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str,
     """
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run = client.create_run(experiment_id, run_name=f"sweep {sweep_name} {started}",
-                            tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name, **tags})
+                            tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name, **tags,
+                                  **_driver_tags()})
     client.log_batch(run.info.run_id, params=_params(params))
     return str(run.info.run_id)
+
+
+def _driver_tags() -> dict[str, str]:
+    return {DRIVER_TAG: liveness.this_driver(), HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+def claim_sweep_run(client: MlflowClient, parent_run_id: str) -> None:
+    """Name this process as the driver of `parent_run_id` (a resumed sweep's new driver)."""
+    client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in _driver_tags().items()])
+
+
+def heartbeat(client: MlflowClient, parent_run_id: str) -> None:
+    """Tell other sweeps sharing the store that this sweep's driver still runs."""
+    client.set_tag(parent_run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+
+
+def sweep_alive(parent: Any) -> bool:
+    """Whether the sweep of this parent run still has a live driver (liveness.py)."""
+    tags = parent.data.tags
+    return liveness.sweep_alive(tags.get(DRIVER_TAG), tags.get(HEARTBEAT_TAG))
 
 
 def log_sweep_summary(client: MlflowClient, parent_run_id: str, metrics: Mapping[str, float],
@@ -124,7 +148,8 @@ def latest_sweep_experiment(client: MlflowClient) -> tuple[str, str] | None:
 
 def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
                      keep_parent: str | None = None) -> int:
-    """Mark runs of `sweep_name` still RUNNING (their process was killed) as KILLED.
+    """Mark runs of `sweep_name` still RUNNING whose sweep's driver is dead (killed) as KILLED;
+    the runs of a sweep of the same space that is still running elsewhere are left alone.
 
     `keep_parent` is the sweep being resumed: its parent stays RUNNING, its children do not.
     """
@@ -133,6 +158,8 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
                          f"tags.`{KIND_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{sweep_name}'")
     for parent in parents:
         parent_id = parent.info.run_id
+        if parent.info.status == "RUNNING" and sweep_alive(parent):
+            continue
         children = search_all(client, experiment_id,
                               f"tags.`{PARENT_TAG}` = '{parent_id}' AND attributes.status = "
                               "'RUNNING'")
