@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import UserError
-from pipeline.tracking_store import artifact_root, sqlite_path
+from pipeline.tracking_store import artifact_root, create_sqlite_schema, sqlite_path
 
 _PR_SET_PDEATHSIG = 1
 # How long a user's server gets to answer before medgrid gives up: long enough for a blip,
@@ -150,6 +150,7 @@ class LocalTrackingServer:
         server's own last error line if it exits first."""
         check_sqlite_store(self.backend_uri)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        create_sqlite_schema(self.backend_uri, self.artifacts_dir)  # safe for two at once
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mlflow", "server",

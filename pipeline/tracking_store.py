@@ -13,6 +13,9 @@ keep working with the same tools.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -75,3 +78,47 @@ def upgrade_proxied_artifacts(uri: str, artifacts_dir: Path) -> int:
 def _has_mlflow_tables(conn: sqlite3.Connection) -> bool:
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     return {"runs", "experiments", "tags"} <= names
+
+
+def create_sqlite_schema(uri: str, artifacts_dir: Path) -> bool:
+    """Give a new SQLite store MLflow's tables, once, whoever else starts on it at the same time;
+    True if this call created them.
+
+    MLflow's server creates the tables of a new database itself, but two servers started on one
+    new file at once (two sweeps started in the same second) both migrate it and one fails
+    ("Online migration expected to match one row"). Here the creation runs under an exclusive
+    lock on the database's directory, and a store that already has its tables is left alone."""
+    db = sqlite_path(uri)
+    if db is None:
+        return False
+    directory = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)  # released when the descriptor closes
+        if _has_schema(db):
+            return False
+        # Imported here: MLflow's store takes a second to import, and only a new file needs it.
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+        levels = [log.level for log in quiet]
+        for log in quiet:  # "Creating initial MLflow database tables..." is the server's chatter
+            log.setLevel(logging.WARNING)
+        try:
+            SqlAlchemyStore(absolute_sqlite(uri), artifact_root(artifacts_dir))
+        finally:
+            for log, level in zip(quiet, levels, strict=True):
+                log.setLevel(level)
+        return True
+    finally:
+        os.close(directory)
+
+
+def _has_schema(db: Path) -> bool:
+    """Whether `db` holds MLflow's tables at some schema version (alembic's table is written
+    last, when the creation has finished)."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return False
+    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        names = {row[0] for row in
+                 conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return "alembic_version" in names
