@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pipeline.config import TrialConfig
     from pipeline.data import Splits
-    from pipeline.train import Learner
+    from pipeline.models.learner import Learner
 
 LearnerFactory = Callable[["TrialConfig", "Splits"], "Learner"]
 

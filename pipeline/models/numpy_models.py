@@ -28,15 +28,7 @@ from threadpoolctl import threadpool_limits
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, Splits
 from pipeline.errors import UserError
-from pipeline.models.numpy_math import (
-    DEFAULT_DTYPE,
-    MLPParams,
-    Workspace,
-    logreg_sgd_step,
-    mlp_sgd_step,
-    perceptron_step,
-)
-from pipeline.train import (
+from pipeline.models.learner import (
     EpochLoss,
     Evaluation,
     Learner,
@@ -44,6 +36,14 @@ from pipeline.train import (
     check_state,
     json_array,
     read_json_array,
+)
+from pipeline.models.numpy_math import (
+    DEFAULT_DTYPE,
+    MLPParams,
+    Workspace,
+    logreg_sgd_step,
+    mlp_sgd_step,
+    perceptron_step,
 )
 
 _EVAL_ROWS = 8192  # evaluation works in row blocks so its temporaries stay a few MB

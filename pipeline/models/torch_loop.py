@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.train import EpochLoss
+from pipeline.models.learner import EpochLoss
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, N_FEATURES, Splits
 from pipeline.errors import UserError
+from pipeline.models.learner import EpochLoss, Evaluation, Split, check_kind, check_state
 from pipeline.models.torch_loop import AdamUpdate, Backprop, EpochLoop, Sgd
-from pipeline.train import EpochLoss, Evaluation, Split, check_kind, check_state
 
 EVAL_BATCH = 8192
 # CPU trials run single-threaded. At batch 16 the GEMMs are too small to split, and a sweep
