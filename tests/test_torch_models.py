@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, N_FEATURES, DatasetIdentity, Splits
 from pipeline.errors import UserError
-from pipeline.models import torch_loop, torch_models
+from pipeline.models.engines import torch_loop, torch_models
 from pipeline.trial import run_trial
 
 HIDDEN = 8

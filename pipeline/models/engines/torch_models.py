@@ -31,17 +31,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import TrialConfig
-from pipeline.data import N_CLASSES, N_FEATURES, Splits
+from pipeline.data import Splits
 from pipeline.errors import UserError
+from pipeline.models.engines.torch_loop import AdamUpdate, Backprop, EpochLoop, Sgd
 from pipeline.models.learner import EpochLoss, Evaluation, Split, check_kind, check_state
-from pipeline.models.torch_loop import AdamUpdate, Backprop, EpochLoop, Sgd
 
 EVAL_BATCH = 8192
 # CPU trials run single-threaded. At batch 16 the GEMMs are too small to split, and a sweep
 # runs one trial per core: extra OpenMP threads then only fight over cores (measured here:
 # 2 threads beside one busy core made an epoch 5-15x slower). Scoped to each call, restored after.
 CPU_THREADS = 1
-# Config keys that torch_logreg has no use for: a non-default value is a user mistake.
 
 
 class LogisticRegression(nn.Module):
@@ -90,14 +89,14 @@ def build(name: str, config: TrialConfig, data: Splits, device: str | None = Non
     return TorchLearner(model, config, data, dev, cuda_graph and dev.type == "cuda")
 
 
-def _model(name: str, config: TrialConfig) -> LogisticRegression | FeedforwardNetwork:
-    if name == "torch_logreg":
-        # FFN-only options (hidden_size, dropout, ...) are refused by TrialConfig itself.
-        return LogisticRegression(N_CLASSES, N_FEATURES)
-    if name == "torch_ffn":
-        return FeedforwardNetwork(N_CLASSES, N_FEATURES, config.hidden_size, config.layers,
-                                  config.activation, config.dropout)
-    raise UserError(f"model = {name!r}: expected one of ['torch_ffn', 'torch_logreg']")
+def _model(name: str, config: TrialConfig) -> nn.Module:
+    """The nn.Module of torch model `name`, as its spec builds it."""
+    from pipeline.models import get_spec
+
+    spec = get_spec(name)
+    if spec.module is None:
+        raise UserError(f"model = {name!r} is a {spec.family} model, not a torch one")
+    return spec.module(config)
 
 
 def relayout(model: nn.Module) -> None:
@@ -119,7 +118,7 @@ def linears(model: nn.Module) -> list[nn.Linear]:
 class TorchLearner:
     """A torch model with its optimiser, its data on its device and its seeded generator."""
 
-    def __init__(self, model: LogisticRegression | FeedforwardNetwork, config: TrialConfig,
+    def __init__(self, model: nn.Module, config: TrialConfig,
                  data: Splits, device: torch.device, cuda_graph: bool) -> None:
         self.model, self.device = model, device
         self.kind, self.epochs_done = config.model, 0
