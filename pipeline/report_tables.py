@@ -17,7 +17,11 @@ import pandas as pd
 from pipeline.models import find_spec
 from pipeline.models.spec import ACCURACIES, LOSS_ACCURACIES
 from pipeline.report_notes import table_caption, time_note, trouble_notes, winner_notes
-from pipeline.report_reference import PUBLISHED_N_TRAIN, match_reference
+from pipeline.report_reference import (
+    PUBLISHED_N_TRAIN,
+    match_reference,
+    model_reference_notes,
+)
 from pipeline.report_stats import (
     Samples,
     add_verdicts,
@@ -225,6 +229,7 @@ def study_table(frame: pd.DataFrame, study: str, reference: pd.DataFrame | None,
     table = add_verdicts(config_stats(rows, spec.metrics, sizes), samples)
     table, reference_notes = attach_reference(table, rows, reference, spec.metrics)
     notes = winner_notes(table, sizes) + trouble_notes(rows) + reference_notes
+    notes += model_reference_notes(str(rows["model"].iloc[0]))
     if "train_time_s" in spec.metrics:
         table, ratio = add_time_ratio(table)
         notes += time_note(table, ratio)
