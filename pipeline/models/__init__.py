@@ -1,5 +1,6 @@
 """Models by name: every module directly in pipeline/models that defines `SPEC` (a `ModelSpec`)
-is a model, found when the registry is first read. Adding a model is adding such a module.
+is a model, found when the registry is first read; the module is named after its model
+(`torch_cnn.py` defines `torch_cnn`). Adding a model is adding such a module.
 
 The spec modules import no framework at module level (torch is imported when a learner is built),
 and the machinery they share lives apart: `spec` and `learner` here, the training engines in the
@@ -42,9 +43,9 @@ def registry() -> dict[str, ModelSpec]:
         if not isinstance(spec, ModelSpec):
             raise TypeError(f"{module.__name__}.SPEC is a {type(spec).__name__}; "
                             "expected a ModelSpec")
-        if spec.name in specs:
-            raise ValueError(f"model {spec.name!r} is defined twice (second in "
-                             f"{module.__name__})")
+        if spec.name != info.name:  # one place per model: its module is named after it
+            raise ValueError(f"{module.__name__} defines model {spec.name!r}; expected the "
+                             f"module to be named after its model ({spec.name}.py)")
         specs[spec.name] = spec
     return specs
 
