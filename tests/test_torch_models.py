@@ -47,7 +47,7 @@ def config(**overrides: object) -> TrialConfig:
     return TrialConfig(**values)
 
 
-def build(data: Splits, path: torch_models.Path = "auto", **overrides: object
+def build(data: Splits, path: torch_models.TrainPath = "auto", **overrides: object
           ) -> torch_models.TorchLearner:
     cfg = config(**overrides)
     return torch_models.build(cfg.model, cfg, data, device="cpu", path=path)
@@ -304,7 +304,7 @@ def bn_model() -> nn.Module:
                          nn.Dropout(0.2), nn.Linear(HIDDEN, N_CLASSES))
 
 
-def learner_for(model: nn.Module, data: Splits, path: torch_models.Path = "auto",
+def learner_for(model: nn.Module, data: Splits, path: torch_models.TrainPath = "auto",
                 **overrides: object) -> torch_models.TorchLearner:
     return torch_models.TorchLearner(model, config(**overrides), data, torch.device("cpu"),
                                      cuda_graph=False, path=path)

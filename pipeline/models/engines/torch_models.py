@@ -96,11 +96,11 @@ class FeedforwardNetwork(nn.Module):
         return self.net(x)
 
 
-Path = Literal["auto", "fast", "autograd"]
+TrainPath = Literal["auto", "fast", "autograd"]
 
 
 def build(name: str, config: TrialConfig, data: Splits, device: str | None = None,
-          cuda_graph: bool = True, path: Path = "auto") -> TorchLearner:
+          cuda_graph: bool = True, path: TrainPath = "auto") -> TorchLearner:
     """The torch learner `name`, bound to `data`, seeded with `config.seed`.
 
     `device` defaults to CUDA when available, else CPU; `cuda_graph=False` keeps CUDA eager
@@ -141,7 +141,7 @@ def linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
-def _fast_stack(model: nn.Module, path: Path) -> PlainStack | None:
+def _fast_stack(model: nn.Module, path: TrainPath) -> PlainStack | None:
     """The stack the fast loop trains, or None for autograd: "auto" takes the fast path only
     for a module it recognises whole; "fast" with any other raises `NotAPlainStack` (naming
     the layer it does not know)."""
@@ -159,7 +159,7 @@ class TorchLearner:
     """A torch model with its optimiser, its data on its device and its seeded generator."""
 
     def __init__(self, model: nn.Module, config: TrialConfig, data: Splits,
-                 device: torch.device, cuda_graph: bool, path: Path = "auto") -> None:
+                 device: torch.device, cuda_graph: bool, path: TrainPath = "auto") -> None:
         self.model, self.device = model, device
         self.kind, self.epochs_done = config.model, 0
         self.splits = {split: (_tensor(getattr(data, f"x_{split}"), np.float32, device),
