@@ -398,3 +398,10 @@ def test_autograd_training_is_seeded_and_resumes_bitwise() -> None:
     first.train_epoch()
     restored.train_epoch()
     assert all(np.array_equal(v, restored.get_state()[k]) for k, v in first.get_state().items())
+
+
+def test_a_model_the_fast_path_does_not_know_trains_with_autograd() -> None:
+    learner = build(splits(), model="torch_cnn")
+    assert learner.path == "autograd"
+    with pytest.raises(torch_loop.NotAPlainStack, match="Unflatten"):
+        build(splits(), model="torch_cnn", path="fast")
