@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, N_FEATURES, DatasetIdentity, Splits
-from pipeline.models import numpy_models
+from pipeline.models.engines import numpy_models
 
 FULL_TRAIN = 97_477
 EVAL_ROWS = 1_000

@@ -1,8 +1,9 @@
 """Seconds per epoch of the torch FFN: the homework's loop vs the pipeline's loop, one run.
 
 The homework loop is written out here as hw1 did it: a per-item Dataset, DataLoader(shuffle=True),
-zero_grad / backward / step and `loss.item()` every step. Ours is `pipeline.models.torch_models`
-(preloaded tensors, hand-written backprop, one sync per epoch; CUDA graph on GPU). Same random
+zero_grad / backward / step and `loss.item()` every step. Ours is
+`pipeline.models.engines.torch_models` (preloaded tensors, hand-written backprop, one sync per
+epoch; CUDA graph on GPU). Same random
 data (OCTMNIST's training-set size), same model (1 hidden layer of 200, ReLU, dropout 0.3),
 SGD lr 0.1. Timings are noisy on shared machines: read the ratios.
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, N_FEATURES, DatasetIdentity, Splits
-from pipeline.models import torch_models
+from pipeline.models.engines import torch_models
 
 FULL_TRAIN = 97_477
 WARMUP = 2_000  # samples run once before timing (allocator, MKL / cuBLAS handles)

@@ -55,9 +55,9 @@ from pydantic import (
 )
 
 from pipeline.errors import UserError
+from pipeline.models import find_spec, get_spec
 from pipeline.yaml_input import read_yaml
 
-ModelName = Literal["numpy_perceptron", "numpy_logreg", "numpy_mlp", "torch_logreg", "torch_ffn"]
 Metric = Literal["val/acc", "val/loss", "train/acc", "train/loss"]
 DistributionKind = Literal["loguniform", "uniform", "randint", "choice"]
 
@@ -82,7 +82,7 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     study: str = Field(min_length=1)
-    model: ModelName
+    model: str  # a registered model (pipeline.models): checked by _registered_model
     seed: int = 42
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
@@ -106,31 +106,27 @@ class TrialConfig(BaseModel):
         return _refuse_boolean(info.field_name or "?", value,
                                cls.model_fields[info.field_name or "seed"].annotation is int)
 
+    @field_validator("model", mode="after")
+    @classmethod
+    def _registered(cls, model: str) -> str:
+        return _registered_model(model)
+
     @model_validator(mode="before")
     @classmethod
     def _dtype_from_the_model(cls, data: Any) -> Any:
+        # The model's default precision (numpy: float64, the homework's; torch: float32), so
+        # the logged param always says it.
         model = data.get("model") if isinstance(data, Mapping) else None
-        if isinstance(model, str) and "dtype" not in data:
-            return {**data, "dtype": "float64" if model.startswith("numpy_") else "float32"}
+        spec = find_spec(model) if isinstance(model, str) else None
+        if spec is not None and "dtype" not in data:
+            return {**data, "dtype": spec.dtypes[0]}
         return data
 
     @model_validator(mode="after")
     def _options_fit_the_model(self) -> TrialConfig:
-        # The from-scratch numpy models are the homework's: one ReLU hidden layer at most,
-        # plain per-sample SGD, no dropout or L2; logistic regression has no hidden layer.
-        # Say so when the space is loaded, not mid-sweep.
-        fixed: dict[str, object] = {}
-        if self.model.startswith("numpy_"):
-            fixed = {"layers": 1, "activation": "relu", "dropout": 0.0, "l2_decay": 0.0,
-                     "optimizer": "sgd"}
-        elif self.model == "torch_logreg":
-            fixed = {"layers": 1, "hidden_size": 200, "activation": "relu", "dropout": 0.0}
-        if self.model.startswith("torch_"):
-            fixed["dtype"] = "float32"  # the torch models train in float32 only
-        for key, expected in fixed.items():
-            if getattr(self, key) != expected:
-                raise ValueError(f"{key} = {getattr(self, key)!r} is not supported by "
-                                 f"{self.model}; expected {expected!r}")
+        # Each model's spec says which options it supports (e.g. the numpy models are the
+        # homework's: no dropout or L2): say so when the space is loaded, not mid-sweep.
+        get_spec(self.model).check(self)
         return self
 
 
@@ -229,7 +225,7 @@ class StudySpec(BaseModel):
     name: str = Field(min_length=1)
     description: str = ""
     source: str = ""
-    model: ModelName
+    model: str  # a registered model (pipeline.models): checked by _registered_model
     seeds: list[int] = Field(default=[42], min_length=1)
     # value: a scalar (fixed), a list (grid) or a Distribution (sampled)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -242,6 +238,11 @@ class StudySpec(BaseModel):
     @classmethod
     def _safe_name(cls, name: str) -> str:
         return check_name(name, "name")
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _registered(cls, model: str) -> str:
+        return _registered_model(model)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -548,6 +549,13 @@ def _spell(value: Any) -> str:
     except yaml.YAMLError:
         return repr(value)
     return text.removesuffix("\n...").strip()  # a lone scalar ends with YAML's "..."
+
+
+def _registered_model(model: str) -> str:
+    """`model` if a module of pipeline/models defines it; else ValueError (one line) naming
+    the models there are."""
+    get_spec(model)
+    return model
 
 
 def check_name(name: str, key: str) -> str:

@@ -6,6 +6,10 @@ every key but `epochs` has the same value (epochs are a budget that quick runs c
 noted, not a reason to drop the published number). A published `train_loss` is the epoch's mean
 loss, except for the studies in SUMMED_LOSS_STUDIES, where it is the summed loss (q1_mlp: the
 homework quotes the MLP's "total train loss"); `time_s` is compared only as a ratio between rows.
+
+A model's spec may also carry published results of other models on the same task (e.g. MedMNIST
+v2's ResNets for a CNN): `model_reference_notes` turns them into notes under every table of that
+model's studies, so a new model brings its own references and no report file changes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.models import find_spec
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "reference" / "hw1.csv"
 REQUIRED = ("study", "model", "config")
@@ -117,3 +122,17 @@ def _same(measured: Any, published: str) -> bool:
         return math.isclose(float(measured), float(published), rel_tol=1e-9, abs_tol=1e-12)
     except (TypeError, ValueError):
         return str(measured) == published
+
+
+def model_reference_notes(model: str) -> list[str]:
+    """One note per source of the published results `model`'s spec carries, e.g. "Published
+    for comparison (MedMNIST v2 ...): ResNet-18 (28) test acc 0.743; ..."; none for a model
+    without references or no longer registered."""
+    spec = find_spec(model)
+    by_source: dict[str, list[str]] = {}
+    for ref in spec.references if spec is not None else ():
+        label = ref.metric.replace("/", " ")
+        by_source.setdefault(ref.source, []).append(f"{ref.label} {label} {ref.value:.3f}")
+    return [f"Published for comparison ({source}): {'; '.join(rows)}. Other models, trained "
+            "elsewhere: they compare with these runs only on the same data and split."
+            for source, rows in by_source.items()]

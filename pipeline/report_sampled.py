@@ -14,8 +14,9 @@ import pandas as pd
 
 from pipeline.report_notes import table_caption, trouble_notes, winner_notes
 from pipeline.report_plots import plot_sampled
+from pipeline.report_reference import model_reference_notes
 from pipeline.report_stats import add_verdicts, config_samples, config_stats, outcome
-from pipeline.report_tables import ACCURACIES, LOSS_ACCURACIES, SHORT, ReportTable
+from pipeline.report_tables import SHORT, ReportTable, table_metrics
 
 TOP_K = 10
 
@@ -46,7 +47,7 @@ def sampled_table(frame: pd.DataFrame, study: str, kinds: Mapping[str, str],
                   k: int = TOP_K) -> ReportTable:
     """The top `k` trials of a sampled study, with the winner and paired tests against it."""
     rows = frame[frame["study"] == study]
-    metrics = ACCURACIES if str(rows["model"].iloc[0]).startswith("numpy_") else LOSS_ACCURACIES
+    metrics = table_metrics(str(rows["model"].iloc[0]))
     samples = config_samples(rows, correct)
     table = add_verdicts(config_stats(rows, metrics, sizes), samples)
     first = rows.groupby("config", sort=False).first()
@@ -59,7 +60,8 @@ def sampled_table(frame: pd.DataFrame, study: str, kinds: Mapping[str, str],
     drawn = ", ".join(f"{p} ({kind})" for p, kind in kinds.items())
     notes = [f"Top {len(top)} of {len(table)} trials by validation accuracy: finished trials "
              "first, then those the scheduler stopped early; all trials are in summary.csv.",
-             *_left_out(rows, top), *winner_notes(top, sizes), *trouble_notes(rows)]
+             *_left_out(rows, top), *winner_notes(top, sizes), *trouble_notes(rows),
+             *model_reference_notes(str(rows["model"].iloc[0]))]
     caption = f"Sampled: {drawn}. {table_caption(top, sizes)}"
     return ReportTable(f"Top {k} trials of a sampled study by validation accuracy", study, metrics,
                        "sampled values", top, notes, 50.0, None, caption, ("run_name",),

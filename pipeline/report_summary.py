@@ -8,23 +8,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline.models import find_spec
 from pipeline.report_runs import TrialArtifacts, one_row_per_run
 
-# Params that mean nothing for a model (its learner ignores them). One mapping, here, until the
-# model specs say it themselves.
-NOT_APPLICABLE: dict[str, tuple[str, ...]] = {
-    "numpy_perceptron": ("batch_size", "hidden_size", "layers", "activation", "dropout",
-                         "l2_decay", "optimizer"),
-    "numpy_logreg": ("batch_size", "hidden_size", "layers", "activation", "dropout", "l2_decay",
-                     "optimizer"),
-    "numpy_mlp": ("batch_size", "layers", "dropout", "l2_decay", "optimizer"),
-    "torch_logreg": ("hidden_size", "layers", "activation", "dropout"),
-    "torch_ffn": (),
-}
 # A diverged trial's last values come from NaN weights (test/acc) or from before the loss blew
 # up (the rest): neither describes a trained model.
 DIVERGED_BLANK = ("train/acc", "val/acc", "test/acc", "val/loss")
 INT_COLUMNS = ("batch_size", "hidden_size", "layers", "epochs", "seed")
+
+
+def not_applicable(model: str) -> tuple[str, ...]:
+    """Params that mean nothing for `model` (its learner ignores them), as its spec says; none
+    known for a model that has left the registry."""
+    spec = find_spec(model)
+    return spec.not_applicable if spec is not None else ()
 
 
 def blank_diverged(frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,9 +49,9 @@ def summary_frame(trials: pd.DataFrame) -> pd.DataFrame:
     for column in INT_COLUMNS:
         if column in frame:
             frame[column] = frame[column].astype("Int64")  # an empty cell, not "16.0"
-    for model, params in NOT_APPLICABLE.items():
+    for model in frame["model"].dropna().unique():
         rows = frame["model"] == model
-        for param in params:
+        for param in not_applicable(str(model)):
             if param in frame:
                 frame[param] = frame[param].astype(object)
                 frame.loc[rows, param] = None

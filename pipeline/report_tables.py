@@ -14,8 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.models import find_spec
+from pipeline.models.spec import ACCURACIES, LOSS_ACCURACIES
 from pipeline.report_notes import table_caption, time_note, trouble_notes, winner_notes
-from pipeline.report_reference import PUBLISHED_N_TRAIN, match_reference
+from pipeline.report_reference import (
+    PUBLISHED_N_TRAIN,
+    match_reference,
+    model_reference_notes,
+)
 from pipeline.report_stats import (
     Samples,
     add_verdicts,
@@ -24,8 +30,6 @@ from pipeline.report_stats import (
     varying_params,
 )
 
-ACCURACIES = ("train/acc", "val/acc", "test/acc")
-LOSS_ACCURACIES = ("train/loss", "val/acc", "test/acc")
 OFF_WHEN_ZERO = ("l2_decay", "dropout")  # a regulariser at 0 is "off": left out of labels
 SHORT = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2", "hidden_size": "hidden"}
 BASELINE_BATCH = 1024  # the homework's Table 5 compares batch 16 with batch 1024
@@ -114,14 +118,20 @@ def number_tables(tables: list[ReportTable]) -> list[ReportTable]:
     return tables
 
 
+def table_metrics(model: str) -> tuple[str, ...]:
+    """The metrics a study of `model` shows: its spec's (train loss for a model that has left
+    the registry)."""
+    spec = find_spec(model)
+    return spec.table_metrics if spec is not None else LOSS_ACCURACIES
+
+
 def spec_for(study: str, frame: pd.DataFrame) -> TableSpec:
     """The homework's shape for a known study, a generic one otherwise; time when batch varies."""
     rows = frame[frame["study"] == study]
     spec = SPECS.get(study)
     if spec is None:
-        numpy = str(rows["model"].iloc[0]).startswith("numpy_")
         spec = TableSpec(None, f"Configurations compared (study {study})",
-                         ACCURACIES if numpy else LOSS_ACCURACIES)
+                         table_metrics(str(rows["model"].iloc[0])))
     if "batch_size" in varying_params(rows) and "train_time_s" not in spec.metrics:
         spec = TableSpec(spec.number, spec.title, (*spec.metrics, "train_time_s"),
                          spec.config_header, spec.order)
@@ -219,6 +229,7 @@ def study_table(frame: pd.DataFrame, study: str, reference: pd.DataFrame | None,
     table = add_verdicts(config_stats(rows, spec.metrics, sizes), samples)
     table, reference_notes = attach_reference(table, rows, reference, spec.metrics)
     notes = winner_notes(table, sizes) + trouble_notes(rows) + reference_notes
+    notes += model_reference_notes(str(rows["model"].iloc[0]))
     if "train_time_s" in spec.metrics:
         table, ratio = add_time_ratio(table)
         notes += time_note(table, ratio)

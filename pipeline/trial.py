@@ -8,7 +8,7 @@ Checkpoints: `run_trial(..., checkpoint_every=k, on_checkpoint=save)` hands `sav
 resumed trial keeps the cadence); `run_trial(..., resume_from=checkpoint)` continues from it.
 A trial resumed from the checkpoint of epoch k ends bitwise identical (weights, per-epoch metrics
 except `epoch_time_s`, test accuracy) to the uninterrupted trial, on CPU; see
-`pipeline.models.torch_models` for what holds on GPU.
+`pipeline.models.engines.torch_models` for what holds on GPU.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from pipeline.config import (
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals
+from pipeline.models import get_spec
 from pipeline.progress import SweepProgress
 from pipeline.tracking import TrialRun, finished_trial
 from pipeline.trial import TrialCheckpoint, TrialSession
@@ -76,15 +77,17 @@ class TrackingTarget:
 
 @dataclass(frozen=True)
 class Resources:
-    """Resources of one trial by model family; GPUs go to torch trials only."""
+    """Resources of one trial: the model spec's own bundle if it has one (the numpy models:
+    one CPU), else these (so GPUs go to the models that can use them)."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
 
     def for_model(self, model: str) -> dict[str, float]:
         """Ray's resource bundle for a trial of `model` (Ray's keys: CPU, GPU)."""
-        if model.startswith("numpy_"):
-            return {"CPU": 1.0}
+        fixed = get_spec(model).resources
+        if fixed is not None:
+            return dict(fixed)
         bundle = {"CPU": self.cpus_per_trial}
         if self.gpus_per_trial > 0:
             bundle["GPU"] = self.gpus_per_trial

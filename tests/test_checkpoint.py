@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import models
 from pipeline.config import TrialConfig
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.models import build_learner
+from pipeline.models.engines import torch_models
 from pipeline.train import EpochRecord
 from pipeline.trial import TrialCheckpoint, TrialResult, run_trial
 
@@ -146,7 +146,7 @@ def test_torch_restore_writes_into_the_tensors_the_fast_loop_holds(tiny_splits: 
     pointers = [t.data_ptr() for t in views]
     target.set_state(source.get_state())
     assert [t.data_ptr() for t in target.loop.backprop.wt + target.loop.backprop.b] == pointers
-    for view, lin in zip(target.loop.backprop.wt, models.torch_models.linears(source.model),
+    for view, lin in zip(target.loop.backprop.wt, torch_models.linears(source.model),
                          strict=True):
         assert torch.equal(view, lin.weight.detach().t())
 

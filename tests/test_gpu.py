@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_torch_models import config, splits
 
-from pipeline.models import torch_models
+from pipeline.models.engines import torch_models
 from pipeline.trial import run_trial
 
 pytestmark = [

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, DatasetIdentity, Splits, add_bias
 from pipeline.errors import UserError
-from pipeline.models import numpy_math as nmath
-from pipeline.models import numpy_models as nm
+from pipeline.models.engines import numpy_math as nmath
+from pipeline.models.engines import numpy_models as nm
 from pipeline.train import fit
 
 MODELS = ("numpy_perceptron", "numpy_logreg", "numpy_mlp")

@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, N_FEATURES, DatasetIdentity, Splits
 from pipeline.errors import UserError
-from pipeline.models import torch_loop, torch_models
+from pipeline.models.engines import torch_loop, torch_models
 from pipeline.trial import run_trial
 
 HIDDEN = 8
@@ -47,9 +47,10 @@ def config(**overrides: object) -> TrialConfig:
     return TrialConfig(**values)
 
 
-def build(data: Splits, **overrides: object) -> torch_models.TorchLearner:
+def build(data: Splits, path: torch_models.TrainPath = "auto", **overrides: object
+          ) -> torch_models.TorchLearner:
     cfg = config(**overrides)
-    return torch_models.build(cfg.model, cfg, data, device="cpu")
+    return torch_models.build(cfg.model, cfg, data, device="cpu", path=path)
 
 
 def weights(learner: torch_models.TorchLearner) -> dict[str, np.ndarray]:
@@ -293,3 +294,114 @@ def test_read_only_arrays_are_used_in_place_without_warnings() -> None:
         learner = build(data)
         learner.train_epoch()
     assert learner.splits["train"][0].data_ptr() == data.x_train.ctypes.data
+
+
+# ------------------------------------------------------------------ autograd and the fast path
+def bn_model() -> nn.Module:
+    """A module the fast loop does not know: BatchNorm between the Linear layers."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(N_FEATURES, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.ReLU(),
+                         nn.Dropout(0.2), nn.Linear(HIDDEN, N_CLASSES))
+
+
+def learner_for(model: nn.Module, data: Splits, path: torch_models.TrainPath = "auto",
+                **overrides: object) -> torch_models.TorchLearner:
+    return torch_models.TorchLearner(model, config(**overrides), data, torch.device("cpu"),
+                                     cuda_graph=False, path=path)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_batchnorm_model_trains_every_parameter_and_its_running_stats(optimizer: str) -> None:
+    learner = learner_for(bn_model(), splits(n_train=37), optimizer=optimizer, l2_decay=1e-3)
+    assert learner.path == "autograd"
+    before = {k: v.copy() for k, v in learner.get_state().items()
+              if k.startswith(("param/", "buffer/"))}
+    assert {k for k in before if k.startswith("buffer/")} == {
+        "buffer/1.running_mean", "buffer/1.running_var", "buffer/1.num_batches_tracked"}
+    learner.train_epoch()
+    after = learner.get_state()
+    unchanged = [k for k, v in before.items() if np.array_equal(v, after[k])]
+    assert unchanged == []
+    assert int(after["buffer/1.num_batches_tracked"]) == 5  # 37 samples, batches of 8
+
+
+def test_the_fast_path_refuses_batchnorm_naming_the_layer() -> None:
+    with pytest.raises(torch_loop.NotAPlainStack, match=r"BatchNorm1d \(1\)"):
+        torch_loop.plain_stack(bn_model())
+    with pytest.raises(torch_loop.NotAPlainStack, match="BatchNorm1d"):
+        learner_for(bn_model(), splits(), path="fast")
+
+
+@pytest.mark.parametrize(("model", "named"), [
+    (nn.Sequential(nn.Linear(N_FEATURES, 4, bias=False)), "without bias"),
+    (nn.Sequential(nn.Linear(N_FEATURES, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(),
+                   nn.Linear(8, 4)), "mixed"),
+    (nn.Sequential(nn.Linear(N_FEATURES, 8), nn.Linear(8, 4)), r"Linear at 1: expected "
+     "activation"),
+    (nn.Sequential(nn.Linear(N_FEATURES, 8), nn.ReLU()), "does not end with a Linear"),
+    (nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 2, 3)), "Unflatten"),
+])
+def test_the_fast_path_refuses_what_its_backward_pass_does_not_implement(
+        model: nn.Module, named: str) -> None:
+    with pytest.raises(torch_loop.NotAPlainStack, match=named):
+        torch_loop.plain_stack(model)
+
+
+def test_a_custom_forward_is_never_taken_for_a_plain_stack() -> None:
+    class Doubled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(N_FEATURES, N_CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * self.linear(x)
+
+    with pytest.raises(torch_loop.NotAPlainStack, match="Doubled"):
+        torch_loop.plain_stack(Doubled())
+    assert learner_for(Doubled(), splits()).path == "autograd"
+
+
+@pytest.mark.parametrize("model", ["torch_logreg", "torch_ffn"])
+def test_the_homework_models_take_the_fast_path(model: str) -> None:
+    assert build(splits(), model=model, dropout=0.0).path == "fast"
+
+
+@pytest.mark.parametrize(("optimizer", "l2", "dropout"),
+                         [("sgd", 0.0, 0.0), ("sgd", 1e-2, 0.0), ("adam", 1e-2, 0.0),
+                          ("sgd", 0.0, 0.3)])
+def test_autograd_and_the_fast_path_train_the_same(optimizer: str, l2: float,
+                                                     dropout: float) -> None:
+    """Same seed, same order, same SGD/Adam/L2: the standard loop and the fused one agree
+    (dropout masks come from different draws, so with dropout only the loss scale is checked)."""
+    data = splits(n_train=37)
+    fast, slow = (build(data, optimizer=optimizer, l2_decay=l2, dropout=dropout, path=p)
+                  for p in ("fast", "autograd"))
+    assert (fast.path, slow.path) == ("fast", "autograd")
+    loss_fast, loss_slow = fast.train_epoch(), slow.train_epoch()
+    if dropout:
+        assert loss_slow.mean == pytest.approx(loss_fast.mean, rel=0.2)
+        return
+    assert loss_slow.mean == pytest.approx(loss_fast.mean, rel=1e-5)
+    for key, value in weights(fast).items():
+        np.testing.assert_allclose(weights(slow)[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_autograd_training_is_seeded_and_resumes_bitwise() -> None:
+    data = splits(n_train=37)
+    first, again = learner_for(bn_model(), data), learner_for(bn_model(), data)
+    first.train_epoch()
+    again.train_epoch()
+    state = first.get_state()
+    assert all(np.array_equal(v, again.get_state()[k]) for k, v in state.items())
+    restored = learner_for(bn_model(), data, seed=7)
+    restored.set_state(state)
+    first.train_epoch()
+    restored.train_epoch()
+    assert all(np.array_equal(v, restored.get_state()[k]) for k, v in first.get_state().items())
+
+
+def test_a_model_the_fast_path_does_not_know_trains_with_autograd() -> None:
+    learner = build(splits(), model="torch_cnn")
+    assert learner.path == "autograd"
+    with pytest.raises(torch_loop.NotAPlainStack, match="Unflatten"):
+        build(splits(), model="torch_cnn", path="fast")

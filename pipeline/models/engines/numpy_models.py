@@ -20,7 +20,7 @@ not part of it. A restored learner continues bitwise as the saved one would have
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from pipeline.config import TrialConfig
 from pipeline.data import N_CLASSES, Splits
 from pipeline.errors import UserError
-from pipeline.models.numpy_math import (
+from pipeline.models.engines.numpy_math import (
     DEFAULT_DTYPE,
     MLPParams,
     Workspace,
@@ -36,7 +36,7 @@ from pipeline.models.numpy_math import (
     mlp_sgd_step,
     perceptron_step,
 )
-from pipeline.train import (
+from pipeline.models.learner import (
     EpochLoss,
     Evaluation,
     Learner,
@@ -240,19 +240,17 @@ def mean_perceptron_criterion(logits: np.ndarray, y: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- factory
 
-# batch_size does not apply: the numpy models always train one sample at a time.
-_FACTORIES: dict[str, Callable[[TrialConfig, Splits, np.dtype], _NumpyLearner]] = {
-    "numpy_perceptron": lambda c, d, t: Perceptron(d, c.learning_rate, c.seed, t),
-    "numpy_logreg": lambda c, d, t: LogisticRegression(d, c.learning_rate, c.seed, t),
-    "numpy_mlp": lambda c, d, t: MLP(d, c.learning_rate, c.seed, c.hidden_size, t),
-}
-
 
 def build(name: str, config: TrialConfig, data: Splits, dtype: np.dtype | None = None
           ) -> Learner:
-    """The numpy learner `name`, bound to `data`, seeded with `config.seed`, in `config.dtype`
-    (`dtype`, if given, overrides it: for tests and benchmarks)."""
-    if name not in _FACTORIES:
-        raise UserError(f"model = {name!r}: expected one of {sorted(_FACTORIES)}")
-    # Options these models do not have (dropout, L2, ...) are refused by TrialConfig itself.
-    return _FACTORIES[name](config, data, np.dtype(config.dtype if dtype is None else dtype))
+    """The numpy learner `name` (its spec's factory), bound to `data`, seeded with
+    `config.seed`, in `config.dtype` (`dtype`, if given, overrides it: for tests and
+    benchmarks)."""
+    from pipeline.models import get_spec
+
+    spec = get_spec(name)
+    if spec.family != "numpy":
+        raise UserError(f"model = {name!r} is a {spec.family} model, not a numpy one")
+    if dtype is not None:  # model_copy: the override is not a config a user wrote
+        config = config.model_copy(update={"dtype": np.dtype(dtype).name})
+    return spec.factory(config, data)

@@ -1,6 +1,12 @@
 """The fast epoch loop of the torch models: preloaded tensors, hand-written backprop, one host
 sync per epoch, and on CUDA the full-batch step replayed as a CUDA graph.
 
+It trains one kind of module only, a plain stack: Linear -> activation [-> Dropout] -> ... ->
+Linear, one activation (ReLU or Tanh) and one dropout rate throughout. `plain_stack` recognises
+one, or raises `NotAPlainStack` naming what it does not know: a module it does not understand
+(BatchNorm, a convolution, a custom forward) would otherwise train half (only its Linear layers),
+silently. Any other module trains with autograd (`torch_autograd`).
+
 Why not autograd + DataLoader: at the homework's batch of 16 a step is ~10 MFLOP, so per-op
 framework overhead (Dataset.__getitem__ per item, collation, autograd bookkeeping, optimiser
 Python code, `loss.item()` per step) costs more than the arithmetic. The backward pass below is
@@ -11,11 +17,100 @@ tests check it (and the updates) against autograd + `torch.optim` on the same ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.train import EpochLoss
+from pipeline.models.learner import EpochLoss
+
+
+class NotAPlainStack(ValueError):
+    """The fast loop was asked to train a module it does not fully understand."""
+
+
+@dataclass(frozen=True)
+class PlainStack:
+    """What the fast loop needs to know of a module it recognised: its Linear layers (input to
+    output), the activation between them and the dropout rate after each activation."""
+
+    linears: list[nn.Linear]
+    activation: Literal["relu", "tanh"]
+    dropout: float
+
+
+# The layers the hand-written backward pass implements; matched by exact type, since a
+# subclass may change forward(). A container is only looked into if it is exactly
+# nn.Sequential, or declares in `fast_path_body` the one child its forward() applies.
+_ACTIVATIONS: dict[type[nn.Module], Literal["relu", "tanh"]] = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+_KNOWN = "Linear (with bias), ReLU, Tanh, Dropout, in nn.Sequential"
+
+
+def plain_stack(model: nn.Module) -> PlainStack:
+    """`model` as the fast loop sees it; `NotAPlainStack` (naming the layer and its place in
+    the model) unless every layer is one the hand-written backward pass implements, in the
+    order it implements them."""
+    layers = _leaves(model, "")
+    linears: list[nn.Linear] = []
+    activations: set[str] = set()
+    rates: list[float] = []
+    expect = "Linear"
+    for path, layer in layers:
+        kind = type(layer)
+        if kind is nn.Linear and expect in ("Linear", "Linear or Dropout"):
+            if expect == "Linear or Dropout":
+                rates.append(0.0)
+            if layer.bias is None:
+                raise NotAPlainStack(f"the fast loop cannot train a Linear without bias ({path})")
+            linears.append(layer)
+            expect = "activation"
+        elif kind in _ACTIVATIONS and expect == "activation":
+            activations.add(_ACTIVATIONS[kind])
+            expect = "Linear or Dropout"
+        elif kind is nn.Dropout and expect == "Linear or Dropout":
+            rates.append(float(layer.p))
+            expect = "Linear"
+        elif kind is nn.Linear or kind in _ACTIVATIONS or kind is nn.Dropout:
+            raise NotAPlainStack(f"the fast loop cannot train {kind.__name__} at {path}: "
+                                 f"expected {expect} there (it runs Linear -> activation "
+                                 "[-> Dropout] -> ... -> Linear)")
+        else:
+            raise NotAPlainStack(f"the fast loop cannot train {kind.__name__} ({path}): it "
+                                 f"knows {_KNOWN} only; train this module with autograd")
+    if expect != "activation":
+        raise NotAPlainStack("the fast loop cannot train this module: it does not end with a "
+                             "Linear layer (the logits)")
+    if len(activations) > 1 or len(set(rates)) > 1:
+        raise NotAPlainStack(f"the fast loop cannot train mixed layers: activations "
+                             f"{sorted(activations)}, dropout rates {sorted(set(rates))}; it "
+                             "uses one of each throughout")
+    return PlainStack(linears, activations.pop() if activations else "relu",
+                      rates[0] if rates else 0.0)
+
+
+def _leaves(module: nn.Module, path: str) -> list[tuple[str, nn.Module]]:
+    """The layers of `module` in forward order, with their torch paths (e.g. `net.1`; the
+    whole model's is "the model"); containers unwrapped."""
+    body = getattr(type(module), "fast_path_body", None)
+    if type(module) is nn.Sequential:
+        children = list(module.named_children())
+    elif body is not None:
+        children = list(module.named_children())
+        own = list(module.named_parameters(recurse=False)) + list(
+            module.named_buffers(recurse=False))
+        if [name for name, _ in children] != [body] or own:
+            raise NotAPlainStack(f"the fast loop cannot train {type(module).__name__} "
+                                 f"({path or 'the model'}): it declares fast_path_body "
+                                 f"{body!r} but holds more")
+    else:
+        if list(module.children()):
+            raise NotAPlainStack(f"the fast loop cannot train {type(module).__name__} "
+                                 f"({path or 'the model'}): a container with its own "
+                                 f"forward(); it knows {_KNOWN} only; train this module with "
+                                 "autograd")
+        return [(path or "the model", module)]
+    return [leaf for name, child in children
+            for leaf in _leaves(child, f"{path}.{name}" if path else name)]
 
 
 @dataclass(frozen=True)

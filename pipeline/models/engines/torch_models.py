@@ -1,13 +1,21 @@
-"""The homework's PyTorch models (question 2): logistic regression and the feed-forward network,
-bound to their data, optimiser and seed as a `Learner`.
+"""The torch learner: any torch model's nn.Module (built by its spec), bound to its data,
+optimiser and seed as a `Learner`; and the homework's two modules (question 2), logistic
+regression and the feed-forward network.
 
-Training runs in `torch_loop` (hand-written backprop over preloaded tensors); evaluation runs
-the modules themselves, in eval mode.
+Training takes one of two paths (`build(..., path=)`):
+- "autograd" (`torch_autograd`): the standard loop, right for any module;
+- "fast" (`torch_loop`): hand-written backprop over preloaded tensors (a CUDA graph on GPU),
+  for plain Linear/activation/Dropout stacks only; asked for with any other module, it refuses
+  (`torch_loop.NotAPlainStack`, naming the layer) rather than train part of it.
+"auto" (the default) takes the fast path when `torch_loop.plain_stack` recognises the whole
+module (the homework's logreg and FFN), else autograd. Evaluation runs the module itself, in
+eval mode.
 
 Training state (`get_state` / `set_state`, for per-epoch checkpoints): the parameters by their
-torch names (`param/net.0.weight`, shape (out, in)), Adam's step counts and moments
-(`adam/<param>/<key>`; SGD has none), the state of the learner's one `torch.Generator` (`rng`:
-epoch order and dropout noise) and the generator's device type (`rng_device`), `kind` and
+torch names (`param/net.0.weight`, shape (out, in)), the buffers (`buffer/<name>`, e.g.
+BatchNorm's running statistics; the homework's modules have none), Adam's step counts and
+moments (`adam/<param>/<key>`; SGD has none), the state of the learner's one `torch.Generator`
+(`rng`: epoch order and dropout noise) and the generator's device type (`rng_device`), `kind` and
 `epochs_done`. All arrays are copied to the host (`.cpu()`), so the code is the same on any device.
 
 What holds: on CPU (tested) a restored learner continues bitwise as the saved one would have.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Mapping
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,21 +40,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import TrialConfig
-from pipeline.data import N_CLASSES, N_FEATURES, Splits
+from pipeline.data import Splits
 from pipeline.errors import UserError
-from pipeline.models.torch_loop import AdamUpdate, Backprop, EpochLoop, Sgd
-from pipeline.train import EpochLoss, Evaluation, Split, check_kind, check_state
+from pipeline.models.engines.torch_autograd import AutogradLoop
+from pipeline.models.engines.torch_loop import (
+    AdamUpdate,
+    Backprop,
+    EpochLoop,
+    NotAPlainStack,
+    PlainStack,
+    Sgd,
+    plain_stack,
+)
+from pipeline.models.learner import EpochLoss, Evaluation, Split, check_kind, check_state
 
 EVAL_BATCH = 8192
 # CPU trials run single-threaded. At batch 16 the GEMMs are too small to split, and a sweep
 # runs one trial per core: extra OpenMP threads then only fight over cores (measured here:
 # 2 threads beside one busy core made an epoch 5-15x slower). Scoped to each call, restored after.
 CPU_THREADS = 1
-# Config keys that torch_logreg has no use for: a non-default value is a user mistake.
 
 
 class LogisticRegression(nn.Module):
     """One linear layer; softmax cross-entropy lives in the loss."""
+
+    fast_path_body = "linear"  # forward() is self.linear(x): the fast loop may train it
 
     def __init__(self, n_classes: int, n_features: int) -> None:
         super().__init__()
@@ -58,6 +77,8 @@ class LogisticRegression(nn.Module):
 
 class FeedforwardNetwork(nn.Module):
     """The homework's MLP: (Linear -> activation -> Dropout) x layers, then an output Linear."""
+
+    fast_path_body = "net"  # forward() is self.net(x): the fast loop may train it
 
     def __init__(self, n_classes: int, n_features: int, hidden_size: int, layers: int,
                  activation: str, dropout: float) -> None:
@@ -75,11 +96,15 @@ class FeedforwardNetwork(nn.Module):
         return self.net(x)
 
 
+TrainPath = Literal["auto", "fast", "autograd"]
+
+
 def build(name: str, config: TrialConfig, data: Splits, device: str | None = None,
-          cuda_graph: bool = True) -> TorchLearner:
+          cuda_graph: bool = True, path: TrainPath = "auto") -> TorchLearner:
     """The torch learner `name`, bound to `data`, seeded with `config.seed`.
 
-    `device` defaults to CUDA when available, else CPU; `cuda_graph=False` keeps CUDA eager.
+    `device` defaults to CUDA when available, else CPU; `cuda_graph=False` keeps CUDA eager
+    (the graph is the fast path's). `path`: see the module docstring.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
@@ -87,17 +112,17 @@ def build(name: str, config: TrialConfig, data: Splits, device: str | None = Non
         model = _model(name, config)
     model.to(dev)
     relayout(model)
-    return TorchLearner(model, config, data, dev, cuda_graph and dev.type == "cuda")
+    return TorchLearner(model, config, data, dev, cuda_graph and dev.type == "cuda", path)
 
 
-def _model(name: str, config: TrialConfig) -> LogisticRegression | FeedforwardNetwork:
-    if name == "torch_logreg":
-        # FFN-only options (hidden_size, dropout, ...) are refused by TrialConfig itself.
-        return LogisticRegression(N_CLASSES, N_FEATURES)
-    if name == "torch_ffn":
-        return FeedforwardNetwork(N_CLASSES, N_FEATURES, config.hidden_size, config.layers,
-                                  config.activation, config.dropout)
-    raise UserError(f"model = {name!r}: expected one of ['torch_ffn', 'torch_logreg']")
+def _model(name: str, config: TrialConfig) -> nn.Module:
+    """The nn.Module of torch model `name`, as its spec builds it."""
+    from pipeline.models import get_spec
+
+    spec = get_spec(name)
+    if spec.module is None:
+        raise UserError(f"model = {name!r} is a {spec.family} model, not a torch one")
+    return spec.module(config)
 
 
 def relayout(model: nn.Module) -> None:
@@ -116,26 +141,46 @@ def linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
+def _fast_stack(model: nn.Module, path: TrainPath) -> PlainStack | None:
+    """The stack the fast loop trains, or None for autograd: "auto" takes the fast path only
+    for a module it recognises whole; "fast" with any other raises `NotAPlainStack` (naming
+    the layer it does not know)."""
+    if path == "autograd":
+        return None
+    try:
+        return plain_stack(model)
+    except NotAPlainStack:
+        if path == "fast":
+            raise
+        return None
+
+
 class TorchLearner:
     """A torch model with its optimiser, its data on its device and its seeded generator."""
 
-    def __init__(self, model: LogisticRegression | FeedforwardNetwork, config: TrialConfig,
-                 data: Splits, device: torch.device, cuda_graph: bool) -> None:
+    def __init__(self, model: nn.Module, config: TrialConfig, data: Splits,
+                 device: torch.device, cuda_graph: bool, path: TrainPath = "auto") -> None:
         self.model, self.device = model, device
         self.kind, self.epochs_done = config.model, 0
         self.splits = {split: (_tensor(getattr(data, f"x_{split}"), np.float32, device),
                                _tensor(getattr(data, f"y_{split}"), np.int64, device))
                        for split in ("train", "val", "test")}
         sgd = Sgd(config.learning_rate, config.l2_decay) if config.optimizer == "sgd" else None
-        backprop = Backprop(linears(model), getattr(model, "activation", "relu"),
-                            getattr(model, "dropout", 0.0), sgd)
-        update = None if sgd else AdamUpdate(list(model.parameters()), config.learning_rate,
-                                             config.l2_decay)
         # One generator drives both the epoch order and the dropout noise, on the data's device.
         generator = torch.Generator(device=device).manual_seed(config.seed)
         self.threads = CPU_THREADS if device.type == "cpu" else None
         x, y = self.splits["train"]
-        self.loop = EpochLoop(backprop, update, x, y, config.batch_size, generator, cuda_graph)
+        update = None if sgd else AdamUpdate(list(model.parameters()), config.learning_rate,
+                                             config.l2_decay)
+        stack = _fast_stack(model, path)
+        self.path: Literal["fast", "autograd"] = "autograd" if stack is None else "fast"
+        self.loop: EpochLoop | AutogradLoop
+        if stack is None:
+            self.loop = AutogradLoop(model, update, sgd, x, y, config.batch_size, generator)
+        else:  # Backprop applies SGD itself; Adam steps over the gradients it leaves
+            backprop = Backprop(stack.linears, stack.activation, stack.dropout, sgd)
+            self.loop = EpochLoop(backprop, update, x, y, config.batch_size, generator,
+                                  cuda_graph)
 
     def train_epoch(self) -> EpochLoss:
         """One pass over the training set in a fresh seeded order."""
@@ -182,6 +227,8 @@ class TorchLearner:
                  "rng_device": np.array(self.loop.generator.device.type)}
         for name, param in self.model.named_parameters():
             state[f"param/{name}"] = _host_copy(param)
+        for name, buffer in self.model.named_buffers():
+            state[f"buffer/{name}"] = _host_copy(buffer)
         adam = self.loop.update.get_state() if self.loop.update is not None else None
         if adam is not None:  # in the optimiser's order: that of model.parameters()
             names = [name for name, _ in self.model.named_parameters()]
@@ -192,7 +239,8 @@ class TorchLearner:
 
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore a `get_state` of this model (same architecture, optimiser and device type)
-        in place: `torch_loop.Backprop` holds transposed views of the weights and a CUDA graph
+        in place: `torch_loop.Backprop` holds transposed views of the weights, the optimisers
+        hold the parameters themselves, and a CUDA graph
         holds the addresses of the parameters and Adam's state, so nothing is rebound.
         `UserError` (and nothing changed) for any other state."""
         check_kind(state, self.kind)
@@ -203,10 +251,13 @@ class TorchLearner:
             raise UserError(f"learner state is from a {saved_device[()]} generator; this "
                             f"learner runs on {device} (a state resumes on its own device type)")
         params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
         spec: dict[str, tuple[tuple[int, ...], object]] = {
             "rng": (tuple(self.loop.generator.get_state().shape), np.uint8),
             "rng_device": ((), str),
-            **{f"param/{name}": (tuple(p.shape), _numpy_dtype(p)) for name, p in params.items()}}
+            **{f"param/{name}": (tuple(p.shape), _numpy_dtype(p)) for name, p in params.items()},
+            **{f"buffer/{name}": (tuple(b.shape), np.dtype(_numpy_dtype(b)))
+               for name, b in buffers.items()}}
         update = self.loop.update
         with_adam = any(key.startswith("adam/") for key in state)
         if update is not None and (with_adam or _claimed_epochs(state) > 0):
@@ -226,6 +277,8 @@ class TorchLearner:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(torch.tensor(state[f"param/{name}"]))
+            for name, b in buffers.items():
+                b.copy_(torch.tensor(state[f"buffer/{name}"]))
         if update is not None:
             update.set_state([
                 {key: torch.tensor(state[f"adam/{name}/{key}"]) for key in update.state_keys}
