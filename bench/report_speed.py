@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PlannedTrial, expand, load_space
-from pipeline.report_runs import connect, find_sweep, read_trials
+from pipeline.report.runs import connect, find_sweep, read_trials
 
 GOAL_S = 30.0
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "hw1.yaml"

@@ -102,7 +102,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 # -------------------------------------------------------------------------- boolean
 def _cmd_boolean(args: argparse.Namespace) -> int:
-    from pipeline import boolean_mlp
+    from pipeline.boolean import mlp as boolean_mlp
 
     print(boolean_mlp.run(args.D, args.A, args.B, args.out))
     return 0
@@ -120,7 +120,7 @@ def _add_boolean(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- tune
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from pipeline.tracking_server import is_remote, require_server
+    from pipeline.tracking.server import is_remote, require_server
 
     if is_remote(args.tracking_uri):  # before the ~4 s of importing Ray, MLflow and torch
         require_server(args.tracking_uri)
@@ -275,7 +275,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- report
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import ReportOptions, make_report
+    from pipeline.report.build import ReportOptions, make_report
 
     options = ReportOptions(
         experiment=args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep,
@@ -312,7 +312,7 @@ def _port(text: str) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from pipeline.ui import serve_ui
+    from pipeline.tracking.ui import serve_ui
 
     return serve_ui(args.tracking_uri, args.artifacts, args.port)
 

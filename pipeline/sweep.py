@@ -19,14 +19,15 @@ from typing import Any
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline import __version__, data, data_source, tracking
+from pipeline import __version__, data, data_source
 from pipeline import tune as tuning
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
-from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
-from pipeline.tracking_store import absolute_sqlite, upgrade_proxied_artifacts
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.server import LocalTrackingServer, is_remote, require_server
+from pipeline.tracking.store import absolute_sqlite, upgrade_proxied_artifacts
 from pipeline.trial import TrialSession
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"

@@ -30,7 +30,6 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pipeline import tracking
 from pipeline.artifacts import write_trial_artifacts
 from pipeline.config import (
     AshaSpec,
@@ -46,7 +45,8 @@ from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals
 from pipeline.progress import SweepProgress
-from pipeline.tracking import TrialRun, finished_trial
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.runs import TrialRun, finished_trial
 from pipeline.trial import TrialCheckpoint, TrialSession
 
 # How a trial session is made; tests swap in one that fails on purpose.

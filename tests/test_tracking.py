@@ -14,8 +14,8 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.tracking_server import LocalTrackingServer
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.server import LocalTrackingServer
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.process_session import session_pids
-from pipeline.tracking_server import LocalTrackingServer, last_error_line
+from pipeline.tracking.server import LocalTrackingServer, last_error_line
 
 SPACE = "name: s\nmodel: numpy_logreg\nparams: {epochs: 1, learning_rate: 0.01}\n"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.report_runs import TrialArtifacts, one_row_per_run
+from pipeline.report.runs import TrialArtifacts, one_row_per_run
 
 # Params that mean nothing for a model (its learner ignores them). One mapping, here, until the
 # model specs say it themselves.

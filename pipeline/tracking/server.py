@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import UserError
-from pipeline.tracking_store import artifact_root, sqlite_path
+from pipeline.tracking.store import artifact_root, sqlite_path
 
 _PR_SET_PDEATHSIG = 1
 # How long a user's server gets to answer before medgrid gives up: long enough for a blip,

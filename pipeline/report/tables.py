@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report_notes import table_caption, time_note, trouble_notes, winner_notes
-from pipeline.report_reference import PUBLISHED_N_TRAIN, match_reference
-from pipeline.report_stats import (
+from pipeline.report.notes import table_caption, time_note, trouble_notes, winner_notes
+from pipeline.report.reference import PUBLISHED_N_TRAIN, match_reference
+from pipeline.report.stats import (
     Samples,
     add_verdicts,
     config_samples,

@@ -28,11 +28,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
 from pipeline.config import TrialConfig, expand, load_space, with_seeds
 from pipeline.errors import UserError
-from pipeline.tracking_server import is_remote, require_server
-from pipeline.tracking_store import upgrade_proxied_artifacts
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.server import is_remote, require_server
+from pipeline.tracking.store import upgrade_proxied_artifacts
 
 INT_PARAMS = ("seed", "epochs", "batch_size", "hidden_size", "layers")
 FLOAT_PARAMS = ("learning_rate", "dropout", "l2_decay")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.report_notes import table_caption, trouble_notes, winner_notes
-from pipeline.report_plots import plot_sampled
-from pipeline.report_stats import add_verdicts, config_samples, config_stats, outcome
-from pipeline.report_tables import ACCURACIES, LOSS_ACCURACIES, SHORT, ReportTable
+from pipeline.report.notes import table_caption, trouble_notes, winner_notes
+from pipeline.report.plots import plot_sampled
+from pipeline.report.stats import add_verdicts, config_samples, config_stats, outcome
+from pipeline.report.tables import ACCURACIES, LOSS_ACCURACIES, SHORT, ReportTable
 
 TOP_K = 10
 

@@ -18,16 +18,16 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import __version__
 from pipeline.errors import UserError
-from pipeline.report_output import check_out_dir, staged_directory
-from pipeline.report_plots import CURVE_KEYS, plot_study, plot_train_time
-from pipeline.report_reference import DEFAULT_REFERENCE, load_reference
-from pipeline.report_render import (
+from pipeline.report.output import check_out_dir, staged_directory
+from pipeline.report.plots import CURVE_KEYS, plot_study, plot_train_time
+from pipeline.report.reference import DEFAULT_REFERENCE, load_reference
+from pipeline.report.render import (
     ReportDocument,
     render_html,
     render_markdown,
     write_csvs,
 )
-from pipeline.report_runs import (
+from pipeline.report.runs import (
     SweepInfo,
     TrialArtifacts,
     add_epoch_times,
@@ -38,10 +38,10 @@ from pipeline.report_runs import (
     read_trial_artifacts,
     read_trials,
 )
-from pipeline.report_sampled import sampled_figure, sampled_labels, sampled_table
-from pipeline.report_stats import ALPHA, OUTCOMES, outcome
-from pipeline.report_summary import add_artifact_flags, blank_diverged
-from pipeline.report_tables import ReportTable, build_tables, label_configs, number_tables
+from pipeline.report.sampled import sampled_figure, sampled_labels, sampled_table
+from pipeline.report.stats import ALPHA, OUTCOMES, outcome
+from pipeline.report.summary import add_artifact_flags, blank_diverged
+from pipeline.report.tables import ReportTable, build_tables, label_configs, number_tables
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_CURVE_SEEDS = 5  # per configuration: the figures need a few histories, not every run's
@@ -309,7 +309,7 @@ def log_report(client: MlflowClient, sweep: SweepInfo, directory: Path) -> None:
     """Upload the report as artifacts (under `report/`) of the sweep's parent run.
 
     A local store's runs record plain file URIs (stores of medgrid 0.1 are upgraded when
-    opened, see `tracking_store`), so no server is needed here.
+    opened, see `tracking.store`), so no server is needed here.
     """
     try:
         client.log_artifacts(sweep.run_id, str(directory), "report")

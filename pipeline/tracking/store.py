@@ -21,7 +21,7 @@ from pipeline.errors import UserError
 
 SQLITE_PREFIX = "sqlite:///"
 PROXY_PREFIX = "mlflow-artifacts:/"
-_KIND_TAG = "medgrid.kind"  # the tag every medgrid run carries (see tracking.KIND_TAG)
+_KIND_TAG = "medgrid.kind"  # the tag every medgrid run carries (see tracking.runs.KIND_TAG)
 
 
 def absolute_sqlite(uri: str) -> str:
