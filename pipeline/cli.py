@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline import __version__
 from pipeline.errors import UserError
 from pipeline.interrupts import SweepInterrupted
+from pipeline.tracking.store import DEFAULT_TRACKING_URI
 
 EXIT_USAGE = 2
 
@@ -236,7 +237,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--test-split", choices=["hw1", "full"], default="hw1",
                       help="hw1: the homework's 529-image test subset (default); full: 1,000")
     tune.add_argument("--experiment", default="medgrid", help="MLflow experiment name")
-    tune.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+    tune.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                       help="MLflow store or server (default: sqlite:///mlflow.db, served to the "
                       "trials by a private local server)")
     tune.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS if "
@@ -289,7 +290,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="the homework's tables, figures and CSV summaries "
                             "of a sweep, read from MLflow")
     report.add_argument("--experiment", help="MLflow experiment (default: medgrid)")
-    report.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+    report.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                         help="MLflow store or server (default: sqlite:///mlflow.db)")
     report.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the "
                         "experiment's latest sweep)")
@@ -320,7 +321,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def _add_ui(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="MLflow's UI over the project's store, on 127.0.0.1, opened "
                         "on the latest sweep")
-    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                     help="the local store (default: sqlite:///mlflow.db)")
     ui.add_argument("--artifacts", type=Path, default=Path("mlruns"),
                     help="where the store's artifacts live (default: ./mlruns)")

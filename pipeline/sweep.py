@@ -10,8 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,9 @@ from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
 from pipeline.tracking import runs as tracking
-from pipeline.tracking.server import LocalTrackingServer, is_remote, require_server
-from pipeline.tracking.store import absolute_sqlite, upgrade_proxied_artifacts
+from pipeline.tracking.server import is_remote, open_tracking, require_server
+from pipeline.tracking.store import DEFAULT_TRACKING_URI
 from pipeline.trial import TrialSession
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 @dataclass(frozen=True)
@@ -147,25 +144,6 @@ def subsample_train(splits: Splits, n: int) -> Splits:
     identity = dataclasses.replace(splits.identity, n_train=n)
     return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
                                identity=identity)
-
-
-@contextmanager
-def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]:
-    """An HTTP tracking URI for the sweep: the user's server, or a private one over a local store.
-
-    A user's server is checked by `run_sweep` before the data is loaded.
-    """
-    if is_remote(uri):
-        yield uri.rstrip("/")
-        return
-    backend = absolute_sqlite(uri)
-    upgraded = upgrade_proxied_artifacts(backend, artifacts_dir)
-    if upgraded:
-        print(f"[medgrid] {upgraded} runs and experiments of an older medgrid now record their "
-              f"artifacts as file URIs under {artifacts_dir}/", flush=True)
-    server = LocalTrackingServer(backend, artifacts_dir, log_dir / "mlflow-server.log")
-    with server:
-        yield server.url
 
 
 def git_commit() -> str:

@@ -42,8 +42,8 @@ from pipeline.report.sampled import sampled_figure, sampled_labels, sampled_tabl
 from pipeline.report.stats import ALPHA, OUTCOMES, outcome
 from pipeline.report.summary import add_artifact_flags, blank_diverged
 from pipeline.report.tables import ReportTable, build_tables, label_configs, number_tables
+from pipeline.tracking.store import DEFAULT_TRACKING_URI
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_CURVE_SEEDS = 5  # per configuration: the figures need a few histories, not every run's
 
 
