@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline.errors import UserError
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "reference" / "hw1.csv"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "reference" / "hw1.csv"
 REQUIRED = ("study", "model", "config")
 # reference column -> the report's metric name
 COLUMNS = {"train_acc": "train/acc", "val_acc": "val/acc", "test_acc": "test/acc",
