@@ -238,8 +238,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                       help="hw1: the homework's 529-image test subset (default); full: 1,000")
     tune.add_argument("--experiment", default="medgrid", help="MLflow experiment name")
     tune.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                      help="MLflow store or server (default: sqlite:///mlflow.db, served to the "
-                      "trials by a private local server)")
+                      help=f"MLflow store or server (default: {DEFAULT_TRACKING_URI}, served to "
+                      "the trials by a private local server)")
     tune.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS if "
                       "set, else a local Ray of the sweep's own)")
     tune.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray "
@@ -280,7 +280,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     options = ReportOptions(
         experiment=args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep,
-        out=args.out, reference=args.reference, log_to_mlflow=not args.no_log,
+        out=args.out, reference=args.reference, log_to_run=not args.no_log,
     )
     print(make_report(options).summary())
     return 0
@@ -291,7 +291,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                             "of a sweep, read from MLflow")
     report.add_argument("--experiment", help="MLflow experiment (default: medgrid)")
     report.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                        help="MLflow store or server (default: sqlite:///mlflow.db)")
+                        help=f"MLflow store or server (default: {DEFAULT_TRACKING_URI})")
     report.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the "
                         "experiment's latest sweep)")
     report.add_argument("--out", type=Path, default=Path("report_out"),
@@ -322,7 +322,7 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="MLflow's UI over the project's store, on 127.0.0.1, opened "
                         "on the latest sweep")
     ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                    help="the local store (default: sqlite:///mlflow.db)")
+                    help=f"the local store (default: {DEFAULT_TRACKING_URI})")
     ui.add_argument("--artifacts", type=Path, default=Path("mlruns"),
                     help="where the store's artifacts live (default: ./mlruns)")
     ui.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1 (default 5000)")

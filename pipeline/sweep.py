@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from pipeline import __version__, data, data_source
 from pipeline import tune as tuning
@@ -24,7 +23,10 @@ from pipeline.config import Distribution, expand, load_space, merge_identical, w
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
+from pipeline.tracking import names
 from pipeline.tracking import runs as tracking
+from pipeline.tracking.client import TrackingClient
+from pipeline.tracking.records import RunRecord
 from pipeline.tracking.server import is_remote, open_tracking, require_server
 from pipeline.tracking.store import DEFAULT_TRACKING_URI
 from pipeline.trial import TrialSession
@@ -176,7 +178,7 @@ def run_sweep(space: Path, options: SweepOptions,
                            options.storage.resolve()) as uri:
             started_ray = False
             try:
-                client = MlflowClient(uri)
+                client = TrackingClient(uri)
                 experiment_id = tracking.ensure_experiment(client, options.experiment)
                 earlier = _resumable_parent(client, experiment_id, planned, space, options) \
                     if options.resume else None  # checked before Ray or MLflow is changed
@@ -211,7 +213,7 @@ def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
         uri, experiment_id, parent_id,
         params={**options.overrides(), "dataset": identity.name,
                 "test_split": identity.test_split},
-        tags={"dataset": identity.name, "dataset_md5": identity.md5},
+        tags={names.DATASET_TAG: identity.name, names.DATASET_MD5_TAG: identity.md5},
     )
     print(f"[medgrid] sweep '{planned.name}': {plan.n_trials} trials "
           f"({plan.search.algorithm} search"
@@ -220,7 +222,7 @@ def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
     return tuning.build_trainable(splits, plan, target, resources, make_session)
 
 
-def _drive(client: MlflowClient, experiment_id: str, parent_id: str, ray_path: str,
+def _drive(client: TrackingClient, experiment_id: str, parent_id: str, ray_path: str,
            trainable: Any, planned: PlannedSweep, options: SweepOptions, stops: StopSignals,
            started: float) -> int:
     """Hand the trials to Tune and close the parent run: FINISHED or FAILED when every trial
@@ -244,12 +246,12 @@ def _drive(client: MlflowClient, experiment_id: str, parent_id: str, ray_path: s
         raise
     failed = [o for o in outcomes if o.status != "TERMINATED"]
     _log_summary(client, parent_id, outcomes, time.monotonic() - started)
-    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    client.end_run(parent_id, names.FAILED if failed else names.FINISHED)
     _print_summary(outcomes, parent_id)
     return 1 if failed else 0
 
 
-def _log_summary(client: MlflowClient, parent_id: str, outcomes: list[tuning.TrialOutcome],
+def _log_summary(client: TrackingClient, parent_id: str, outcomes: list[tuning.TrialOutcome],
                  wall_s: float) -> None:
     """The sweep's outcome on its parent run: counts, wall time, and the best trial by
     validation accuracy (stopped-early and diverged trials never count as best)."""
@@ -257,36 +259,37 @@ def _log_summary(client: MlflowClient, parent_id: str, outcomes: list[tuning.Tri
     diverged = [o for o in finished if o.metrics.get("diverged")]
     stopped = [o for o in finished if o.stopped_early]
     ranked = [o for o in finished if o not in diverged and o not in stopped
-              and isinstance(o.metrics.get("val/acc"), float)
-              and o.metrics["val/acc"] == o.metrics["val/acc"]]
+              and isinstance(o.metrics.get(names.VAL_ACC), float)
+              and o.metrics[names.VAL_ACC] == o.metrics[names.VAL_ACC]]
     metrics = {"trials_finished": len(finished) - len(diverged) - len(stopped),
                "trials_diverged": len(diverged), "trials_stopped_early": len(stopped),
                "trials_failed": len(outcomes) - len(finished), "wall_time_s": wall_s}
     tags: dict[str, str] = {}
     if ranked:
-        best = max(ranked, key=lambda o: o.metrics["val/acc"])
-        metrics["best/val/acc"] = best.metrics["val/acc"]
-        if isinstance(best.metrics.get("test/acc"), float):
-            metrics["best/test/acc"] = best.metrics["test/acc"]
-        tags["best_trial"] = best.name
+        best = max(ranked, key=lambda o: o.metrics[names.VAL_ACC])
+        metrics[f"best/{names.VAL_ACC}"] = best.metrics[names.VAL_ACC]
+        if isinstance(best.metrics.get(names.TEST_ACC), float):
+            metrics[f"best/{names.TEST_ACC}"] = best.metrics[names.TEST_ACC]
+        tags[names.BEST_TRIAL_TAG] = best.name
     tracking.log_sweep_summary(client, parent_id, metrics, tags)
 
 
-def _new_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep, space: Path,
+def _new_parent(client: TrackingClient, experiment_id: str, planned: PlannedSweep, space: Path,
                 identity: data.DatasetIdentity, options: SweepOptions) -> tuple[str, str]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sweep_name, n_trials = planned.name, planned.plan.n_trials
     ray_path = str(options.storage.resolve() / f"{sweep_name}-{stamp}")
     search = planned.plan.search
     tags = {
-        "space_file": str(space), "space_sha256": planned.content_sha256,
+        names.SPACE_FILE_TAG: str(space), names.SPACE_SHA_TAG: planned.content_sha256,
         "git_commit": git_commit(), "search": search.algorithm,
-        "dataset": identity.name, "dataset_md5": identity.md5, "test_split": identity.test_split,
+        names.DATASET_TAG: identity.name, names.DATASET_MD5_TAG: identity.md5,
+        names.TEST_SPLIT_TAG: identity.test_split,
         "ray_address": options.ray_address or "local", "medgrid_version": __version__,
-        tracking.RAY_PATH_TAG: ray_path,
+        names.RAY_PATH_TAG: ray_path,
     }
     if planned.sampled:
-        tags[tracking.SAMPLED_TAG] = json.dumps(planned.sampled)
+        tags[names.SAMPLED_TAG] = json.dumps(planned.sampled)
     if planned.plan.scheduler is not None:
         tags["scheduler"] = "asha " + json.dumps(planned.plan.scheduler.model_dump())
     params = {**options.overrides(), "n_trials": n_trials,
@@ -295,8 +298,8 @@ def _new_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep,
     return tracking.start_sweep_run(client, experiment_id, sweep_name, tags, params), ray_path
 
 
-def _resumable_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep,
-                      space: Path, options: SweepOptions) -> Any:
+def _resumable_parent(client: TrackingClient, experiment_id: str, planned: PlannedSweep,
+                      space: Path, options: SweepOptions) -> RunRecord:
     """The parent run `--resume` continues, once it is known that the sweep can continue as it
     started: Ray left a state to restore, and the space and options are the ones it started
     with (restoring a changed space overwrites Ray's state with a sweep of nothing). Reads only:
@@ -305,17 +308,17 @@ def _resumable_parent(client: MlflowClient, experiment_id: str, planned: Planned
     if parent is None:
         raise UserError(f"--resume: no sweep '{planned.name}' in this experiment; "
                         "expected an earlier `medgrid tune` of the same space")
-    ray_path = parent.data.tags.get(tracking.RAY_PATH_TAG, "")
+    ray_path = parent.tags.get(names.RAY_PATH_TAG, "")
     if not ray_path or not tuning.can_restore(ray_path):
         raise UserError(f"--resume: Ray left nothing to restore at {ray_path or '?'}; expected "
                         "the --storage directory of the interrupted sweep")
-    then = parent.data.tags.get("space_sha256")
+    then = parent.tags.get(names.SPACE_SHA_TAG)
     if then and then != planned.content_sha256:
         raise UserError(f"--resume: {space} changed since sweep '{planned.name}' started "
                         f"({_space_change(client, experiment_id, parent, planned)}); expected "
                         "the space it started with: restore the file and --resume again, or "
                         "start a new sweep (without --resume)")
-    changed = _option_changes(parent.data.params, options.overrides())
+    changed = _option_changes(parent.params, options.overrides())
     if changed:
         raise UserError(f"--resume: sweep '{planned.name}' started with other options "
                         f"({changed}); expected the same --epochs, --limit-train and --seeds, "
@@ -323,22 +326,21 @@ def _resumable_parent(client: MlflowClient, experiment_id: str, planned: Planned
     return parent
 
 
-def _space_change(client: MlflowClient, experiment_id: str, parent: Any,
+def _space_change(client: TrackingClient, experiment_id: str, parent: RunRecord,
                   planned: PlannedSweep) -> str:
     """What changed, as far as MLflow knows cheaply: the planned trial count, grid trials the
     sweep ran that the space no longer has, and the two content hashes."""
-    before = parent.data.params.get("n_trials", "?")
+    before = parent.params.get("n_trials", "?")
     parts = [f"{before} trials planned then, {planned.plan.n_trials} now"]
     if planned.plan.study is None:
         names = {str(point[tuning.NAME_KEY]) for point in planned.plan.points}
-        ran = {run.info.run_name for run in tracking.sweep_children(
-            client, experiment_id, parent.info.run_id)}
+        ran = {run.name for run in tracking.sweep_children(client, experiment_id, parent.run_id)}
         gone = sorted(ran - names)
         if gone:
             shown = ", ".join(f"'{name}'" for name in gone[:3])
             more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
             parts.append(f"no longer in it: {shown}{more}")
-    sha = parent.data.tags.get("space_sha256", "?")
+    sha = parent.tags.get(names.SPACE_SHA_TAG, "?")
     parts.append(f"sha256 {sha[:12]} then, {planned.content_sha256[:12]} now")
     return "; ".join(parts)
 
@@ -357,16 +359,16 @@ def _option_changes(then: Mapping[str, str], now: Mapping[str, str]) -> str:
     return "; ".join(changes)
 
 
-def _reopen_parent(client: MlflowClient, experiment_id: str, sweep_name: str,
-                   parent: Any) -> tuple[str, str]:
+def _reopen_parent(client: TrackingClient, experiment_id: str, sweep_name: str,
+                   parent: RunRecord) -> tuple[str, str]:
     """The checked parent RUNNING again, the runs its interruption left RUNNING closed."""
-    ray_path = parent.data.tags[tracking.RAY_PATH_TAG]
+    ray_path = parent.tags[names.RAY_PATH_TAG]
     closed = tracking.close_stale_runs(client, experiment_id, sweep_name,
-                                       keep_parent=parent.info.run_id)
-    client.update_run(parent.info.run_id, status="RUNNING")
-    print(f"[medgrid] resuming sweep run {parent.info.run_id} from {ray_path} "
+                                       keep_parent=parent.run_id)
+    client.reopen_run(parent.run_id)
+    print(f"[medgrid] resuming sweep run {parent.run_id} from {ray_path} "
           f"({closed} interrupted runs closed as KILLED)", flush=True)
-    return parent.info.run_id, ray_path
+    return parent.run_id, ray_path
 
 
 def _print_summary(outcomes: list[tuning.TrialOutcome], parent_id: str) -> None:
