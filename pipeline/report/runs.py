@@ -30,8 +30,13 @@ from pipeline.tracking import names
 from pipeline.tracking.client import TrackingClient, first_line
 from pipeline.tracking.records import RunRecord, TrackingError
 
-INT_PARAMS = ("seed", "epochs", "batch_size", "hidden_size", "layers")
-FLOAT_PARAMS = ("learning_rate", "dropout", "l2_decay")
+# Params are logged as text; their types come from TrialConfig, so a new numeric field needs
+# no change here.
+NUMERIC_PARAMS: dict[str, type] = {k: f.annotation for k, f in TrialConfig.model_fields.items()
+                                   if f.annotation in (int, float)}
+# A run logged before a field existed read what the field's default says now, except where older
+# runs are known to have done otherwise: before `dtype` every run trained in float32.
+LEGACY_DEFAULTS = {"dtype": "float32"}
 CONFIG_PARAMS = tuple(k for k in TrialConfig.model_fields if k not in ("study", "seed"))
 METRICS = names.TRIAL_METRICS
 LEAD_COLUMNS = ("study", "seed", "status", "diverged", "stopped_early", "stopped_epoch", "run_id",
@@ -182,17 +187,17 @@ def _trial_row(run: RunRecord) -> dict[str, Any]:
     if names.STUDY_TAG not in tags:
         raise UserError(f"{where} has no 'study' tag; expected trial runs written by this "
                         "version of `medgrid tune` (older schema?)")
-    # `dtype` came later: every run logged before it trained in float32, numpy and torch alike.
-    params.setdefault("dtype", "float32")
+    params = {**config_defaults(), **params}
     absent = [k for k in TrialConfig.model_fields if k not in params]
     if absent:
-        raise UserError(f"{where} lacks param '{absent[0]}'; expected every TrialConfig "
-                        "field as a param (older schema?)")
-    for key in (*INT_PARAMS, *FLOAT_PARAMS):
+        raise UserError(f"{where} lacks param '{absent[0]}', which has no default; expected "
+                        "every required TrialConfig field as a param (older schema?)")
+    for key, kind in NUMERIC_PARAMS.items():
         try:
-            params[key] = int(params[key]) if key in INT_PARAMS else float(params[key])
-        except ValueError:
-            raise UserError(f"{where}: param {key} = {params[key]!r}; expected a number") from None
+            params[key] = kind(params[key])
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: param {key} = {params[key]!r}; expected "
+                            f"{'an integer' if kind is int else 'a number'}") from None
     end = run.end_time if run.status != names.RUNNING else None
     return {
         **params, "study": tags[names.STUDY_TAG], "run_id": run.run_id, "run_name": run.name,
@@ -204,6 +209,14 @@ def _trial_row(run: RunRecord) -> dict[str, Any]:
         "attempt": tags.get(names.ATTEMPT_TAG, ""), "node": tags.get(names.NODE_TAG, ""),
         "error": tags.get(names.ERROR_TAG, ""),
     }
+
+
+def config_defaults() -> dict[str, str]:
+    """What a run that lacks a param is read with: the field's default as the run would have
+    logged it (text), or its legacy value (`LEGACY_DEFAULTS`); required fields have none."""
+    defaults = {k: str(f.default) for k, f in TrialConfig.model_fields.items()
+                if not f.is_required()}
+    return {**defaults, **LEGACY_DEFAULTS}
 
 
 def _int_or_nan(text: str | None) -> float:
