@@ -4,7 +4,6 @@ sweep's parent run, hand the trials to Ray Tune (fresh or restored), and close t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -15,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline import __version__, data, data_source
+from pipeline import __version__, data
 from pipeline import tune as tuning
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
@@ -116,38 +113,6 @@ def longest_first(points: dict[str, dict[str, object]]) -> list[str]:
     return sorted(points, key=lambda name: -int(str(points[name]["epochs"])))
 
 
-def load_data(options: SweepOptions) -> Splits:
-    """The data every trial shares, loaded once here on the driver."""
-    if options.dataset not in ("octmnist", "synthetic"):
-        raise UserError(f"--dataset {options.dataset!r}; expected octmnist or synthetic")
-    if options.data is not None:
-        path = data_source.resolve_data_path(options.data)
-    elif options.dataset == "synthetic":
-        from pipeline import synthetic
-
-        path = data_source.default_cache_dir() / "synthetic_octmnist.npz"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            print(f"[medgrid] writing the full-size synthetic stand-in to {path}", flush=True)
-            synthetic.synthesize(path, seed=0)
-    else:
-        path = data_source.resolve_data_path(None)
-    splits = data.load_splits(path, test_split=options.test_split)
-    if options.limit_train is not None:
-        splits = subsample_train(splits, options.limit_train)
-    return splits
-
-
-def subsample_train(splits: Splits, n: int) -> Splits:
-    """A seeded random subset of `n` training samples (for quick runs)."""
-    if n >= len(splits.y_train):
-        return splits
-    keep = np.sort(np.random.default_rng(0).choice(len(splits.y_train), n, replace=False))
-    identity = dataclasses.replace(splits.identity, n_train=n)
-    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
-                               identity=identity)
-
-
 def git_commit() -> str:
     """The commit of the medgrid checkout, or 'unknown' outside git."""
     try:
@@ -168,7 +133,8 @@ def run_sweep(space: Path, options: SweepOptions,
     if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
         require_server(options.tracking_uri)
     with stop_signals() as stops:
-        splits = load_data(options)
+        splits = data.load_dataset(options.dataset, options.data, options.test_split,
+                                   options.limit_train)
         identity = splits.identity
         if identity.name != "octmnist":
             print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
