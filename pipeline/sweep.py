@@ -90,9 +90,9 @@ def plan_sweep(space: Path, options: SweepOptions) -> PlannedSweep:
         sampled.update({k: "grid" for k, v in study.params.items() if isinstance(v, list)})
         return PlannedSweep(sweep.name, sweep.content_sha256, plan, sampled)
     trials = expand(sweep)
-    names = [trial.name for trial in trials]
-    for name in names:
-        if names.count(name) > 1:
+    trial_names = [trial.name for trial in trials]
+    for name in trial_names:
+        if trial_names.count(name) > 1:
             raise UserError(f"{space}: two trials share the name '{name}'; "
                             "expected every grid point once")
     points: dict[str, dict[str, object]] = {}
@@ -299,9 +299,9 @@ def _space_change(client: TrackingClient, experiment_id: str, parent: RunRecord,
     before = parent.params.get("n_trials", "?")
     parts = [f"{before} trials planned then, {planned.plan.n_trials} now"]
     if planned.plan.study is None:
-        names = {str(point[tuning.NAME_KEY]) for point in planned.plan.points}
+        planned_names = {str(point[tuning.NAME_KEY]) for point in planned.plan.points}
         ran = {run.name for run in tracking.sweep_children(client, experiment_id, parent.run_id)}
-        gone = sorted(ran - names)
+        gone = sorted(ran - planned_names)
         if gone:
             shown = ", ".join(f"'{name}'" for name in gone[:3])
             more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
