@@ -80,3 +80,22 @@ def small_sweep_store(work: Path, drop: dict[str, str] | None = None) -> str:
         client.set_terminated(run_id, "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return uri
+
+
+def trial_runs(db: Path, experiment: str = "medgrid") -> list:
+    """The trial runs of `experiment` in the SQLite store `db`, read straight from the store
+    with MLflow's own client (not through medgrid), as MLflow's run objects."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], "tags.`medgrid.kind` = 'trial'"))
+
+
+def steps(db: Path, run_id: str, key: str = "train/loss") -> list[int]:
+    """The steps (epochs) at which run `run_id` logged `key`, in the order MLflow returns them."""
+    from mlflow.tracking import MlflowClient
+
+    return [m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run_id, key)]

@@ -24,6 +24,8 @@ from pipeline.boolean.nets import (
 from pipeline.boolean.perceptron import perceptron_study, train_perceptron
 from pipeline.cli import main
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUILDERS = [sign_mlp, relu_mlp]
 

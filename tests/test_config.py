@@ -30,6 +30,8 @@ from pipeline.config import (
 )
 from pipeline.errors import UserError
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 STUDY = """\
 name: tiny
@@ -653,7 +655,6 @@ TRIAL_RULES = [
 ]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(("model", "values", "refused"), TRIAL_RULES,
                          ids=[f"{m}-{'-'.join(v) or 'base'}" for m, v, _ in TRIAL_RULES])
 def test_trial_config_rules(model: str, values: dict, refused: str | None) -> None:
@@ -665,7 +666,6 @@ def test_trial_config_rules(model: str, values: dict, refused: str | None) -> No
         TrialConfig.model_validate({**BASE, "model": model, **values})
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(("model", "dtype"), [
     ("numpy_perceptron", "float64"), ("numpy_logreg", "float64"), ("numpy_mlp", "float64"),
     ("torch_logreg", "float32"), ("torch_ffn", "float32"),
@@ -674,7 +674,6 @@ def test_an_unwritten_dtype_is_the_models_own(model: str, dtype: str) -> None:
     assert TrialConfig.model_validate({**BASE, "model": model}).dtype == dtype
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(("name", "short"), [
     ("learning_rate", "lr"), ("batch_size", "batch"), ("l2_decay", "l2"),
     ("hidden_size", "hidden"), ("dropout", "dropout"),

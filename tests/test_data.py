@@ -13,6 +13,8 @@ import pytest
 from pipeline import data, data_source
 from pipeline.errors import UserError
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 SPLIT_SIZES = {"train": 12, "val": 8, "test": 8}
 
 
@@ -260,7 +262,6 @@ def test_describe_lists_shapes_counts_and_md5(tiny_npz: Path) -> None:
 
 
 # ------------------------------------------------------------------------ a sweep's data
-@pytest.mark.fast
 @pytest.mark.parametrize("n", [1, 50, 399])
 def test_a_training_subset_is_seeded_sorted_and_recorded(n: int, tiny_splits: data.Splits) -> None:
     subset = data.subsample_train(tiny_splits, n)
@@ -273,21 +274,18 @@ def test_a_training_subset_is_seeded_sorted_and_recorded(n: int, tiny_splits: da
     assert subset.x_val is tiny_splits.x_val and subset.x_test is tiny_splits.x_test
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("n", [400, 10_000])
 def test_a_subset_as_large_as_the_training_set_is_the_training_set(
         n: int, tiny_splits: data.Splits) -> None:
     assert data.subsample_train(tiny_splits, n) is tiny_splits
 
 
-@pytest.mark.fast
 def test_a_sweep_loads_the_named_file_and_its_subset(tiny_npz: Path) -> None:
     splits = data.load_dataset("octmnist", tiny_npz, "full", limit_train=100)
     assert (splits.identity.n_train, splits.identity.n_test) == (100, 1000)
     assert splits.identity.name == "synthetic"  # the file says what it is, whatever --dataset
 
 
-@pytest.mark.fast
 def test_an_unknown_dataset_is_one_user_error(tiny_npz: Path) -> None:
     with pytest.raises(UserError, match="--dataset 'mnist'; expected octmnist or synthetic"):
         data.load_dataset("mnist", tiny_npz)

@@ -33,6 +33,8 @@ from pipeline.report.stats import (
 from pipeline.report.summary import NOT_APPLICABLE, blank_diverged, summary_frame
 from pipeline.report.tables import add_time_ratio
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 Z = 1.959963984540054  # the normal's 97.5% quantile
 
 
