@@ -1,4 +1,5 @@
-"""A private MLflow tracking server for the length of one sweep.
+"""A private MLflow tracking server for the length of one sweep (`open_tracking` gives a sweep
+its tracking URI: the user's server, checked, or a private one over the local store).
 
 SQLite takes one writer at a time, so parallel trials must not open `mlflow.db` themselves. The
 driver starts `mlflow server --workers 1` on a free loopback port over the same store; trials
