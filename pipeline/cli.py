@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline import __version__
 from pipeline.errors import UserError
 from pipeline.interrupts import SweepInterrupted
-from pipeline.tracking.store import DEFAULT_TRACKING_URI
+from pipeline.tracking.names import DEFAULT_TRACKING_URI
 
 EXIT_USAGE = 2
 

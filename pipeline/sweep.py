@@ -23,9 +23,9 @@ from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
 from pipeline.tracking import names
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.client import TrackingClient
+from pipeline.tracking.names import DEFAULT_TRACKING_URI
 from pipeline.tracking.records import RunRecord
 from pipeline.tracking.server import is_remote, open_tracking, require_server
-from pipeline.tracking.store import DEFAULT_TRACKING_URI
 from pipeline.trial import TrialSession
 
 

@@ -40,8 +40,8 @@ from pipeline.report.stats import ALPHA, OUTCOMES, outcome
 from pipeline.report.summary import add_artifact_flags, blank_diverged
 from pipeline.report.tables import ReportTable, build_tables, label_configs, number_tables
 from pipeline.tracking.client import TrackingClient, first_line, open_store
+from pipeline.tracking.names import DEFAULT_TRACKING_URI
 from pipeline.tracking.records import TrackingError
-from pipeline.tracking.store import DEFAULT_TRACKING_URI
 
 MAX_CURVE_SEEDS = 5  # per configuration: the figures need a few histories, not every run's
 

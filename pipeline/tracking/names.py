@@ -4,6 +4,10 @@ agree on each of them. No MLflow import: the report's and the tests' fast paths 
 
 from __future__ import annotations
 
+# The local store every command opens by default, relative to the directory medgrid runs in
+# (here, not in `store`, so that `medgrid --help` needs no sqlite3).
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
 # Tags every medgrid run carries.
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a trial under its sweep in the UI
 KIND_TAG = "medgrid.kind"  # "sweep" or "trial"

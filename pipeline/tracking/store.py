@@ -20,7 +20,6 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 SQLITE_PREFIX = "sqlite:///"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative: the directory medgrid runs in
 PROXY_PREFIX = "mlflow-artifacts:/"
 _KIND_TAG = "medgrid.kind"  # the tag every medgrid run carries (see tracking.runs.KIND_TAG)
 
