@@ -34,6 +34,11 @@ def test_a_run_without_a_param_is_reported_with_the_fields_default(tmp_path: Pat
     assert summary.loc["q2_lr seed=1", "optimizer"] == "sgd"
     assert summary.loc["q1_mlp seed=1", "hidden_size"] == 200  # typed as TrialConfig says
     assert (summary["status"] == "FINISHED").all()
+    # The report says what it assumed, per run and in its notes.
+    assert summary["assumed"].fillna("").to_dict() == {
+        "q1_mlp seed=1": "hidden_size", "q1_mlp seed=2": "", "q2_lr seed=1": "optimizer"}
+    text = (out / "report.md").read_text()
+    assert "hidden_size = 200 in 1 run" in text and "optimizer = sgd in 1 run" in text
 
 
 @pytest.mark.parametrize("param", ["learning_rate", "model"])

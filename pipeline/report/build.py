@@ -29,6 +29,7 @@ from pipeline.report.runs import (
     SweepInfo,
     TrialArtifacts,
     add_epoch_times,
+    config_defaults,
     fetch_histories,
     find_sweep,
     one_row_per_run,
@@ -298,10 +299,24 @@ def warnings(sweep: SweepInfo, trials: pd.DataFrame, artifacts: TrialArtifacts,
     if planned is not None and planned > found and not (trials["status"] == "MISSING").any():
         notes.append(f"The sweep planned {planned} trials but only {found} have a run; the "
                      "space file is gone or changed, so which ones are missing is unknown.")
+    assumed = _assumed_params(one_row_per_run(trials))
+    if assumed:
+        notes.append("Some runs were logged before a config field existed and are read with its "
+                     f"current default ({assumed}; `assumed` in summary.csv names them per run).")
     if artifacts.unreadable:
         notes.append(f"The artifacts of {len(artifacts.unreadable)} trials could not be read "
                      f"({artifacts.reason}); their paired tests say 'noise unknown'.")
     return notes
+
+
+def _assumed_params(runs: pd.DataFrame) -> str:
+    """'optimizer = sgd in 2 runs; ...': params filled with their defaults, and how often."""
+    if "assumed" not in runs:
+        return ""
+    counts = runs["assumed"].fillna("").str.split(";").explode().value_counts()
+    defaults = config_defaults()
+    return "; ".join(f"{key} = {defaults[key]} in {n} run{'s' * (n > 1)}"
+                     for key, n in counts.items() if key)
 
 
 def log_report(client: TrackingClient, sweep: SweepInfo, directory: Path) -> None:

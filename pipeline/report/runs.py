@@ -41,7 +41,8 @@ CONFIG_PARAMS = tuple(k for k in TrialConfig.model_fields if k not in ("study", 
 METRICS = names.TRIAL_METRICS
 LEAD_COLUMNS = ("study", "seed", "status", "diverged", "stopped_early", "stopped_epoch", "run_id",
                 "run_name")
-TAIL_COLUMNS = ("duration_s", "attempt", "node", "error", "studies")
+# assumed: the params a run lacked (logged before the field existed), read with defaults
+TAIL_COLUMNS = ("duration_s", "attempt", "node", "error", "studies", "assumed")
 HISTORY_THREADS = 8  # histories are one request per run and metric: overlap their latency
 SAMPLED_TAG = names.SAMPLED_TAG  # on a sampled sweep's parent: JSON {param: distribution kind}
 # Distribution kinds, and "grid" for a list that random search repeats for every sample.
@@ -187,6 +188,8 @@ def _trial_row(run: RunRecord) -> dict[str, Any]:
     if names.STUDY_TAG not in tags:
         raise UserError(f"{where} has no 'study' tag; expected trial runs written by this "
                         "version of `medgrid tune` (older schema?)")
+    assumed = ";".join(k for k in TrialConfig.model_fields if k not in params
+                       and k in config_defaults())
     params = {**config_defaults(), **params}
     absent = [k for k in TrialConfig.model_fields if k not in params]
     if absent:
@@ -207,7 +210,7 @@ def _trial_row(run: RunRecord) -> dict[str, Any]:
         **run.metrics,
         "duration_s": (end - run.start_time) / 1000 if end and run.start_time else np.nan,
         "attempt": tags.get(names.ATTEMPT_TAG, ""), "node": tags.get(names.NODE_TAG, ""),
-        "error": tags.get(names.ERROR_TAG, ""),
+        "error": tags.get(names.ERROR_TAG, ""), "assumed": assumed,
     }
 
 
@@ -267,7 +270,7 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     params = [c for c in others if c not in metric_like]
     order = [*LEAD_COLUMNS, *CONFIG_PARAMS, *params, *METRICS, *metric_like, *TAIL_COLUMNS]
     frame = frame[order].copy()
-    for column in ("attempt", "node", "error"):
+    for column in ("attempt", "node", "error", "assumed"):
         frame[column] = frame[column].fillna("")
     for column in ("diverged", "stopped_early"):
         frame[column] = frame[column].fillna(False).astype(bool)
