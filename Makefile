@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medgrid-installed
 
-.PHONY: demo test install lint clean cluster-demo
+.PHONY: demo test test-fast install lint clean cluster-demo
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tests that need no Ray and no MLflow server (marker `fast`): seconds, for every edit.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m fast
 
 # The hw1 grid on the docker-compose cluster (needs a Docker engine and a filled-in .env):
 # PostgreSQL + MLflow + a Ray head + $(WORKERS) workers; the driver runs on the head. Shortened

@@ -35,8 +35,7 @@ from pathlib import Path
 
 from pipeline import synthetic
 from pipeline.config import TrialConfig
-from pipeline.data import Splits, load_splits
-from pipeline.sweep import subsample_train
+from pipeline.data import Splits, load_splits, subsample_train
 from pipeline.trial import TrialSession
 from pipeline.tune import RUN_ID_FILE
 

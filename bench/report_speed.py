@@ -26,7 +26,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PlannedTrial, expand, load_space
-from pipeline.report_runs import connect, find_sweep, read_trials
+from pipeline.report.runs import find_sweep, read_trials
+from pipeline.tracking.client import open_store
 
 GOAL_S = 30.0
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "hw1.yaml"
@@ -93,7 +94,7 @@ def main() -> None:
         build_store(uri, args.runs, args.epochs)
         setup_s = time.perf_counter() - start
         start = time.perf_counter()
-        client = connect(uri)
+        client = open_store(uri)
         trials = read_trials(client, find_sweep(client, "medgrid", None))
         read_s = time.perf_counter() - start
         no_log_s = time_command(work, uri, "--no-log")

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import synthetic, tracking
+from pipeline import synthetic
 from pipeline.artifacts import write_trial_artifacts
 from pipeline.config import TrialConfig
 from pipeline.data import load_splits
-from pipeline.tracking_server import LocalTrackingServer
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.server import LocalTrackingServer
 from pipeline.train import EpochRecord
 from pipeline.trial import run_trial
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline import __version__, ray_address
 from pipeline.errors import UserError
 from pipeline.interrupts import SweepInterrupted
+from pipeline.tracking.names import DEFAULT_TRACKING_URI
 
 EXIT_USAGE = 2
 
@@ -101,7 +102,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 # -------------------------------------------------------------------------- boolean
 def _cmd_boolean(args: argparse.Namespace) -> int:
-    from pipeline import boolean_mlp
+    from pipeline.boolean import mlp as boolean_mlp
 
     print(boolean_mlp.run(args.D, args.A, args.B, args.out))
     return 0
@@ -119,7 +120,7 @@ def _add_boolean(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- tune
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from pipeline.tracking_server import is_remote, require_server
+    from pipeline.tracking.server import is_remote, require_server
 
     if is_remote(args.tracking_uri):  # before the ~4 s of importing Ray, MLflow and torch
         require_server(args.tracking_uri)
@@ -241,9 +242,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--test-split", choices=["hw1", "full"], default="hw1",
                       help="hw1: the homework's 529-image test subset (default); full: 1,000")
     tune.add_argument("--experiment", default="medgrid", help="MLflow experiment name")
-    tune.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
-                      help="MLflow store or server (default: sqlite:///mlflow.db, served to the "
-                      "trials by a private local server)")
+    tune.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
+                      help=f"MLflow store or server (default: {DEFAULT_TRACKING_URI}, served to "
+                      "the trials by a private local server)")
     tune.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS if "
                       "set, else a local Ray of the sweep's own; 'local' forces the latter)")
     tune.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray "
@@ -280,11 +281,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- report
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import ReportOptions, make_report
+    from pipeline.report.build import ReportOptions, make_report
 
     options = ReportOptions(
         experiment=args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep,
-        out=args.out, reference=args.reference, log_to_mlflow=not args.no_log,
+        out=args.out, reference=args.reference, log_to_run=not args.no_log,
     )
     print(make_report(options).summary())
     return 0
@@ -294,8 +295,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="the homework's tables, figures and CSV summaries "
                             "of a sweep, read from MLflow")
     report.add_argument("--experiment", help="MLflow experiment (default: medgrid)")
-    report.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
-                        help="MLflow store or server (default: sqlite:///mlflow.db)")
+    report.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
+                        help=f"MLflow store or server (default: {DEFAULT_TRACKING_URI})")
     report.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the "
                         "experiment's latest sweep)")
     report.add_argument("--out", type=Path, default=Path("report_out"),
@@ -317,7 +318,7 @@ def _port(text: str) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from pipeline.ui import serve_ui
+    from pipeline.tracking.ui import serve_ui
 
     return serve_ui(args.tracking_uri, args.artifacts, args.port)
 
@@ -325,8 +326,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def _add_ui(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="MLflow's UI over the project's store, on 127.0.0.1, opened "
                         "on the latest sweep")
-    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
-                    help="the local store (default: sqlite:///mlflow.db)")
+    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
+                    help=f"the local store (default: {DEFAULT_TRACKING_URI})")
     ui.add_argument("--artifacts", type=Path, default=Path("mlruns"),
                     help="where the store's artifacts live (default: ./mlruns)")
     ui.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1 (default 5000)")

@@ -70,8 +70,11 @@ DISTRIBUTIONS: tuple[str, ...] = get_args(DistributionKind)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 NAME_RULE = "letters, digits, '_', '.' and '-' only, 1 to 100 characters"
 
-# Short names for the run name, e.g. "q2_lr lr=0.1 seed=42".
-_SHORT = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2", "hidden_size": "hidden"}
+# Short names of params, in run names ("q2_lr lr=0.1 seed=42"), the report's row labels and the
+# reference file's configs (`lr=0.01;epochs=50`); the one map, both ways.
+SHORT_NAMES = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2",
+               "hidden_size": "hidden"}
+LONG_NAMES = {short: name for name, short in SHORT_NAMES.items()}
 
 
 class TrialConfig(BaseModel):
@@ -522,13 +525,13 @@ def trial_name(study: StudySpec, config: TrialConfig) -> str:
             if trial.config == config:
                 return trial.name
         raise ValueError(f"{config!r} is not one of study {study.name}'s planned trials")
-    label = [f"{_SHORT.get(k, k)}={_short_value(getattr(config, k))}"
+    label = [f"{SHORT_NAMES.get(k, k)}={_short_value(getattr(config, k))}"
              for k in sampled_keys(study)]
     return " ".join([study.name, *label, f"seed={config.seed}"])
 
 
 def _fmt(key: str, value: Any) -> str:
-    return f"{_SHORT.get(key, key)}={value}"
+    return f"{SHORT_NAMES.get(key, key)}={value}"
 
 
 def _short_value(value: Any) -> str:

@@ -1,9 +1,11 @@
 """MedMNIST's npz format read and checked, and preprocessed the homework's way (flatten to 784
-features, divide by 256) into train/val/test splits. Finding and downloading the file:
+features, divide by 256) into train/val/test splits, and the data a sweep trains on (which
+file, a seeded training subset). Finding and downloading the file:
 `pipeline.data_source`."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zipfile
@@ -291,3 +293,43 @@ def describe(path: Path, *, expect_octmnist: bool = False) -> str:
             + " / ".join(f"{int(c):,}" for c in counts)
         )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ a sweep's data
+DATASETS = ("octmnist", "synthetic")
+
+
+def load_dataset(dataset: str, data: Path | None = None, test_split: str = "hw1",
+                 limit_train: int | None = None) -> Splits:
+    """The splits a sweep trains on, loaded once (on the driver): the file `data`, else the
+    cached OCTMNIST, else (`dataset="synthetic"`) the full-size synthetic stand-in, written
+    to the cache on first use; `limit_train` keeps a seeded random subset of the training set."""
+    if dataset not in DATASETS:
+        raise UserError(f"--dataset {dataset!r}; expected octmnist or synthetic")
+    if data is not None:
+        path = data_source.resolve_data_path(data)
+    elif dataset == "synthetic":
+        from pipeline import synthetic  # imports this module: only when it is needed
+
+        path = data_source.default_cache_dir() / "synthetic_octmnist.npz"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[medgrid] writing the full-size synthetic stand-in to {path}", flush=True)
+            synthetic.synthesize(path, seed=0)
+    else:
+        path = data_source.resolve_data_path(None)
+    splits = load_splits(path, test_split=test_split)
+    if limit_train is not None:
+        splits = subsample_train(splits, limit_train)
+    return splits
+
+
+def subsample_train(splits: Splits, n: int) -> Splits:
+    """A seeded random subset of `n` training samples (for quick runs); the same `n` gives the
+    same subset, so a resumed sweep trains on what it started with."""
+    if n >= len(splits.y_train):
+        return splits
+    keep = np.sort(np.random.default_rng(0).choice(len(splits.y_train), n, replace=False))
+    identity = dataclasses.replace(splits.identity, n_train=n)
+    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
+                               identity=identity)

@@ -4,32 +4,29 @@ sweep's parent run, hand the trials to Ray Tune (fresh or restored), and close t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from mlflow.tracking import MlflowClient
-
-from pipeline import __version__, data, data_source, liveness, tracking
+from pipeline import __version__, data, liveness
 from pipeline import tune as tuning
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
-from pipeline.tracking_server import LocalTrackingServer, is_remote, require_server
-from pipeline.tracking_store import absolute_sqlite, upgrade_proxied_artifacts
+from pipeline.tracking import names
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.client import TrackingClient
+from pipeline.tracking.names import DEFAULT_TRACKING_URI
+from pipeline.tracking.records import RunRecord
+from pipeline.tracking.server import is_remote, open_tracking, require_server
 from pipeline.trial import TrialSession
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 @dataclass(frozen=True)
@@ -93,9 +90,9 @@ def plan_sweep(space: Path, options: SweepOptions) -> PlannedSweep:
         sampled.update({k: "grid" for k, v in study.params.items() if isinstance(v, list)})
         return PlannedSweep(sweep.name, sweep.content_sha256, plan, sampled)
     trials = expand(sweep)
-    names = [trial.name for trial in trials]
-    for name in names:
-        if names.count(name) > 1:
+    trial_names = [trial.name for trial in trials]
+    for name in trial_names:
+        if trial_names.count(name) > 1:
             raise UserError(f"{space}: two trials share the name '{name}'; "
                             "expected every grid point once")
     points: dict[str, dict[str, object]] = {}
@@ -114,57 +111,6 @@ def longest_first(points: dict[str, dict[str, object]]) -> list[str]:
     """Trial names, most epochs first: long trials start early, so the sweep does not end
     waiting on one of them while the other CPUs sit idle (file order among equals)."""
     return sorted(points, key=lambda name: -int(str(points[name]["epochs"])))
-
-
-def load_data(options: SweepOptions) -> Splits:
-    """The data every trial shares, loaded once here on the driver."""
-    if options.dataset not in ("octmnist", "synthetic"):
-        raise UserError(f"--dataset {options.dataset!r}; expected octmnist or synthetic")
-    if options.data is not None:
-        path = data_source.resolve_data_path(options.data)
-    elif options.dataset == "synthetic":
-        from pipeline import synthetic
-
-        path = data_source.default_cache_dir() / "synthetic_octmnist.npz"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            print(f"[medgrid] writing the full-size synthetic stand-in to {path}", flush=True)
-            synthetic.synthesize(path, seed=0)
-    else:
-        path = data_source.resolve_data_path(None)
-    splits = data.load_splits(path, test_split=options.test_split)
-    if options.limit_train is not None:
-        splits = subsample_train(splits, options.limit_train)
-    return splits
-
-
-def subsample_train(splits: Splits, n: int) -> Splits:
-    """A seeded random subset of `n` training samples (for quick runs)."""
-    if n >= len(splits.y_train):
-        return splits
-    keep = np.sort(np.random.default_rng(0).choice(len(splits.y_train), n, replace=False))
-    identity = dataclasses.replace(splits.identity, n_train=n)
-    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
-                               identity=identity)
-
-
-@contextmanager
-def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]:
-    """An HTTP tracking URI for the sweep: the user's server, or a private one over a local store.
-
-    A user's server is checked by `run_sweep` before the data is loaded.
-    """
-    if is_remote(uri):
-        yield uri.rstrip("/")
-        return
-    backend = absolute_sqlite(uri)
-    upgraded = upgrade_proxied_artifacts(backend, artifacts_dir)
-    if upgraded:
-        print(f"[medgrid] {upgraded} runs and experiments of an older medgrid now record their "
-              f"artifacts as file URIs under {artifacts_dir}/", flush=True)
-    server = LocalTrackingServer(backend, artifacts_dir, log_dir / "mlflow-server.log")
-    with server:
-        yield server.url
 
 
 def git_commit() -> str:
@@ -187,7 +133,8 @@ def run_sweep(space: Path, options: SweepOptions,
     if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
         require_server(options.tracking_uri)
     with stop_signals() as stops:
-        splits = load_data(options)
+        splits = data.load_dataset(options.dataset, options.data, options.test_split,
+                                   options.limit_train)
         identity = splits.identity
         if identity.name != "octmnist":
             print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
@@ -197,7 +144,7 @@ def run_sweep(space: Path, options: SweepOptions,
                            options.storage.resolve()) as uri:
             started_ray = False
             try:
-                client = MlflowClient(uri)
+                client = TrackingClient(uri)
                 experiment_id = tracking.ensure_experiment(client, options.experiment)
                 earlier = _resumable_parent(client, experiment_id, planned, space, options) \
                     if options.resume else None  # checked before Ray or MLflow is changed
@@ -233,7 +180,7 @@ def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
         uri, experiment_id, parent_id,
         params={**options.overrides(), "dataset": identity.name,
                 "test_split": identity.test_split},
-        tags={"dataset": identity.name, "dataset_md5": identity.md5},
+        tags={names.DATASET_TAG: identity.name, names.DATASET_MD5_TAG: identity.md5},
     )
     print(f"[medgrid] sweep '{planned.name}': {plan.n_trials} trials "
           f"({plan.search.algorithm} search"
@@ -242,7 +189,7 @@ def _trainable(uri: str, experiment_id: str, parent_id: str, splits: Splits,
     return tuning.build_trainable(splits, plan, target, resources, make_session)
 
 
-def _drive(client: MlflowClient, experiment_id: str, parent_id: str, ray_path: str,
+def _drive(client: TrackingClient, experiment_id: str, parent_id: str, ray_path: str,
            trainable: Any, planned: PlannedSweep, options: SweepOptions, stops: StopSignals,
            started: float) -> int:
     """Hand the trials to Tune and close the parent run: FINISHED or FAILED when every trial
@@ -266,12 +213,12 @@ def _drive(client: MlflowClient, experiment_id: str, parent_id: str, ray_path: s
         raise
     failed = [o for o in outcomes if o.status != "TERMINATED"]
     _log_summary(client, parent_id, outcomes, time.monotonic() - started)
-    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    client.end_run(parent_id, names.FAILED if failed else names.FINISHED)
     _print_summary(outcomes, parent_id)
     return 1 if failed else 0
 
 
-def _log_summary(client: MlflowClient, parent_id: str, outcomes: list[tuning.TrialOutcome],
+def _log_summary(client: TrackingClient, parent_id: str, outcomes: list[tuning.TrialOutcome],
                  wall_s: float) -> None:
     """The sweep's outcome on its parent run: counts, wall time, and the best trial by
     validation accuracy (stopped-early and diverged trials never count as best)."""
@@ -279,36 +226,37 @@ def _log_summary(client: MlflowClient, parent_id: str, outcomes: list[tuning.Tri
     diverged = [o for o in finished if o.metrics.get("diverged")]
     stopped = [o for o in finished if o.stopped_early]
     ranked = [o for o in finished if o not in diverged and o not in stopped
-              and isinstance(o.metrics.get("val/acc"), float)
-              and o.metrics["val/acc"] == o.metrics["val/acc"]]
+              and isinstance(o.metrics.get(names.VAL_ACC), float)
+              and o.metrics[names.VAL_ACC] == o.metrics[names.VAL_ACC]]
     metrics = {"trials_finished": len(finished) - len(diverged) - len(stopped),
                "trials_diverged": len(diverged), "trials_stopped_early": len(stopped),
                "trials_failed": len(outcomes) - len(finished), "wall_time_s": wall_s}
     tags: dict[str, str] = {}
     if ranked:
-        best = max(ranked, key=lambda o: o.metrics["val/acc"])
-        metrics["best/val/acc"] = best.metrics["val/acc"]
-        if isinstance(best.metrics.get("test/acc"), float):
-            metrics["best/test/acc"] = best.metrics["test/acc"]
-        tags["best_trial"] = best.name
+        best = max(ranked, key=lambda o: o.metrics[names.VAL_ACC])
+        metrics[f"best/{names.VAL_ACC}"] = best.metrics[names.VAL_ACC]
+        if isinstance(best.metrics.get(names.TEST_ACC), float):
+            metrics[f"best/{names.TEST_ACC}"] = best.metrics[names.TEST_ACC]
+        tags[names.BEST_TRIAL_TAG] = best.name
     tracking.log_sweep_summary(client, parent_id, metrics, tags)
 
 
-def _new_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep, space: Path,
+def _new_parent(client: TrackingClient, experiment_id: str, planned: PlannedSweep, space: Path,
                 identity: data.DatasetIdentity, options: SweepOptions) -> tuple[str, str]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sweep_name, n_trials = planned.name, planned.plan.n_trials
     ray_path = str(options.storage.resolve() / f"{sweep_name}-{stamp}")
     search = planned.plan.search
     tags = {
-        "space_file": str(space), "space_sha256": planned.content_sha256,
+        names.SPACE_FILE_TAG: str(space), names.SPACE_SHA_TAG: planned.content_sha256,
         "git_commit": git_commit(), "search": search.algorithm,
-        "dataset": identity.name, "dataset_md5": identity.md5, "test_split": identity.test_split,
+        names.DATASET_TAG: identity.name, names.DATASET_MD5_TAG: identity.md5,
+        names.TEST_SPLIT_TAG: identity.test_split,
         "ray_address": options.ray_address or "local", "medgrid_version": __version__,
-        tracking.RAY_PATH_TAG: ray_path,
+        names.RAY_PATH_TAG: ray_path,
     }
     if planned.sampled:
-        tags[tracking.SAMPLED_TAG] = json.dumps(planned.sampled)
+        tags[names.SAMPLED_TAG] = json.dumps(planned.sampled)
     if planned.plan.scheduler is not None:
         tags["scheduler"] = "asha " + json.dumps(planned.plan.scheduler.model_dump())
     params = {**options.overrides(), "n_trials": n_trials,
@@ -317,8 +265,8 @@ def _new_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep,
     return tracking.start_sweep_run(client, experiment_id, sweep_name, tags, params), ray_path
 
 
-def _resumable_parent(client: MlflowClient, experiment_id: str, planned: PlannedSweep,
-                      space: Path, options: SweepOptions) -> Any:
+def _resumable_parent(client: TrackingClient, experiment_id: str, planned: PlannedSweep,
+                      space: Path, options: SweepOptions) -> RunRecord:
     """The parent run `--resume` continues, once it is known that the sweep can continue as it
     started: Ray left a state to restore, and the space and options are the ones it started
     with (restoring a changed space overwrites Ray's state with a sweep of nothing). Reads only:
@@ -327,21 +275,21 @@ def _resumable_parent(client: MlflowClient, experiment_id: str, planned: Planned
     if parent is None:
         raise UserError(f"--resume: no sweep '{planned.name}' in this experiment; "
                         "expected an earlier `medgrid tune` of the same space")
-    if parent.info.status == "RUNNING" and tracking.sweep_alive(parent):
-        driver = liveness.describe(parent.data.tags.get(tracking.DRIVER_TAG))
+    if parent.status == "RUNNING" and tracking.sweep_alive(parent.tags):
+        driver = liveness.describe(parent.tags.get(names.DRIVER_TAG))
         raise UserError(f"--resume: sweep '{planned.name}' is still running ({driver}); "
                         "expected it to end first (Ctrl-C or SIGTERM stops it cleanly)")
-    ray_path = parent.data.tags.get(tracking.RAY_PATH_TAG, "")
+    ray_path = parent.tags.get(names.RAY_PATH_TAG, "")
     if not ray_path or not tuning.can_restore(ray_path):
         raise UserError(f"--resume: Ray left nothing to restore at {ray_path or '?'}; expected "
                         "the --storage directory of the interrupted sweep")
-    then = parent.data.tags.get("space_sha256")
+    then = parent.tags.get(names.SPACE_SHA_TAG)
     if then and then != planned.content_sha256:
         raise UserError(f"--resume: {space} changed since sweep '{planned.name}' started "
                         f"({_space_change(client, experiment_id, parent, planned)}); expected "
                         "the space it started with: restore the file and --resume again, or "
                         "start a new sweep (without --resume)")
-    changed = _option_changes(parent.data.params, options.overrides())
+    changed = _option_changes(parent.params, options.overrides())
     if changed:
         raise UserError(f"--resume: sweep '{planned.name}' started with other options "
                         f"({changed}); expected the same --epochs, --limit-train and --seeds, "
@@ -349,22 +297,21 @@ def _resumable_parent(client: MlflowClient, experiment_id: str, planned: Planned
     return parent
 
 
-def _space_change(client: MlflowClient, experiment_id: str, parent: Any,
+def _space_change(client: TrackingClient, experiment_id: str, parent: RunRecord,
                   planned: PlannedSweep) -> str:
     """What changed, as far as MLflow knows cheaply: the planned trial count, grid trials the
     sweep ran that the space no longer has, and the two content hashes."""
-    before = parent.data.params.get("n_trials", "?")
+    before = parent.params.get("n_trials", "?")
     parts = [f"{before} trials planned then, {planned.plan.n_trials} now"]
     if planned.plan.study is None:
-        names = {str(point[tuning.NAME_KEY]) for point in planned.plan.points}
-        ran = {run.info.run_name for run in tracking.sweep_children(
-            client, experiment_id, parent.info.run_id)}
-        gone = sorted(ran - names)
+        planned_names = {str(point[tuning.NAME_KEY]) for point in planned.plan.points}
+        ran = {run.name for run in tracking.sweep_children(client, experiment_id, parent.run_id)}
+        gone = sorted(ran - planned_names)
         if gone:
             shown = ", ".join(f"'{name}'" for name in gone[:3])
             more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
             parts.append(f"no longer in it: {shown}{more}")
-    sha = parent.data.tags.get("space_sha256", "?")
+    sha = parent.tags.get(names.SPACE_SHA_TAG, "?")
     parts.append(f"sha256 {sha[:12]} then, {planned.content_sha256[:12]} now")
     return "; ".join(parts)
 
@@ -383,17 +330,17 @@ def _option_changes(then: Mapping[str, str], now: Mapping[str, str]) -> str:
     return "; ".join(changes)
 
 
-def _reopen_parent(client: MlflowClient, experiment_id: str, sweep_name: str,
-                   parent: Any) -> tuple[str, str]:
+def _reopen_parent(client: TrackingClient, experiment_id: str, sweep_name: str,
+                   parent: RunRecord) -> tuple[str, str]:
     """The checked parent RUNNING again, the runs its interruption left RUNNING closed."""
-    ray_path = parent.data.tags[tracking.RAY_PATH_TAG]
+    ray_path = parent.tags[names.RAY_PATH_TAG]
     closed = tracking.close_stale_runs(client, experiment_id, sweep_name,
-                                       keep_parent=parent.info.run_id)
-    client.update_run(parent.info.run_id, status="RUNNING")
-    tracking.claim_sweep_run(client, parent.info.run_id)
-    print(f"[medgrid] resuming sweep run {parent.info.run_id} from {ray_path} "
+                                       keep_parent=parent.run_id)
+    client.reopen_run(parent.run_id)
+    tracking.claim_sweep_run(client, parent.run_id)
+    print(f"[medgrid] resuming sweep run {parent.run_id} from {ray_path} "
           f"({closed} interrupted runs closed as KILLED)", flush=True)
-    return parent.info.run_id, ray_path
+    return parent.run_id, ray_path
 
 
 def _print_summary(outcomes: list[tuning.TrialOutcome], parent_id: str) -> None:

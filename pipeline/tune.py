@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pipeline import tracking
 from pipeline.artifacts import write_trial_artifacts
 from pipeline.config import (
     AshaSpec,
@@ -47,7 +45,9 @@ from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals
 from pipeline.models import get_spec
 from pipeline.progress import SweepProgress
-from pipeline.tracking import TrialRun, finished_trial
+from pipeline.tracking import names
+from pipeline.tracking.client import TrackingClient
+from pipeline.tracking.runs import TrialRun, finished_trial
 from pipeline.trial import TrialCheckpoint, TrialSession
 
 # How a trial session is made; tests swap in one that fails on purpose.
@@ -55,8 +55,8 @@ SessionFactory = Callable[[TrialConfig, Splits, "TrialCheckpoint | None"], Trial
 NAME_KEY = "name"  # a grid trial's run name, beside its config in Tune's config
 ALSO_KEY = "also"  # JSON {study: run name} of identical grid trials this one trains for
 RUN_NAME_KEY = "run_name"  # in every result a trial reports: its MLflow run name
-PROGRESS_KEYS = ("train/loss", "val/acc", "val/loss", "train/acc")
-RUN_ID_FILE = "mlflow_run.json"  # in each checkpoint: the MLflow run the trial continues
+PROGRESS_KEYS = (names.TRAIN_LOSS, names.VAL_ACC, names.VAL_LOSS, names.TRAIN_ACC)
+RUN_ID_FILE = names.CHECKPOINT_RUN_FILE  # in each checkpoint: the run the trial continues
 # MLflow credentials: a worker on another node runs with the environment of its `ray start`, not
 # the driver's, so the driver's values travel to each trial with its other parameters (through
 # the object store; Ray's runtime_env would write them into its agent's log on every node).
@@ -206,7 +206,7 @@ class MedgridTrainable(tune.Trainable):
         self.also = plan.also(config)
         self.name = self.trial_name or plan.trial_name(config)  # Tune's, from RunNames
         os.environ.update(target.credentials)  # MlflowClient reads them from the environment
-        self.client = MlflowClient(target.uri)
+        self.client = TrackingClient(target.uri)
         self.session: TrialSession | None = None
         self.run: TrialRun | None = None
         self.closed = False
@@ -215,9 +215,10 @@ class MedgridTrainable(tune.Trainable):
         self.already_done = done  # finished before the driver died: don't train or log again
 
     def _tags(self) -> dict[str, str]:
-        shared = {tracking.ALSO_TAG: json.dumps(self.also, sort_keys=True)} if self.also else {}
-        return {"study": self.trial_config.study, "seed": str(self.trial_config.seed),
-                "node": _node_label(), **shared, **self.target.tags}
+        shared = {names.ALSO_TAG: json.dumps(self.also, sort_keys=True)} if self.also else {}
+        return {names.STUDY_TAG: self.trial_config.study,
+                names.SEED_TAG: str(self.trial_config.seed), names.NODE_TAG: _node_label(),
+                **shared, **self.target.tags}
 
     def _start(self, checkpoint: TrialCheckpoint | None, run_id: str | None) -> None:
         """Open (or continue) the MLflow run first, so that a trial failing to build is a
@@ -253,29 +254,29 @@ class MedgridTrainable(tune.Trainable):
 
     def _replay_finished(self) -> dict[str, Any]:
         done = self.already_done
-        metrics = done.data.metrics
-        result = _progress(metrics, int(done.data.params.get("epochs", 0)),
-                           done.data.tags.get("diverged") == "true")
-        return {**result, "test/acc": metrics.get("test/acc", math.nan), RUN_NAME_KEY: self.name,
-                "done": True}
+        metrics = done.metrics
+        result = _progress(metrics, int(done.params.get("epochs", 0)),
+                           done.tags.get(names.DIVERGED_TAG) == "true")
+        return {**result, names.TEST_ACC: metrics.get(names.TEST_ACC, math.nan),
+                RUN_NAME_KEY: self.name, "done": True}
 
     def _close(self, stopped: bool) -> dict[str, Any]:
         """Test the model, upload the artifacts, end the run FINISHED; Tune's last numbers."""
         assert self.session is not None and self.run is not None
         result = self.session.finish()
         if not result.diverged:  # a diverged model's test accuracy is not measured: absent
-            self.run.log_epoch(self.session.epoch, {"test/acc": result.test_acc}, force=True)
-        tags = {"diverged": str(result.diverged).lower(),
-                tracking.STOPPED_TAG: str(stopped).lower()}
+            self.run.log_epoch(self.session.epoch, {names.TEST_ACC: result.test_acc}, force=True)
+        tags = {names.DIVERGED_TAG: str(result.diverged).lower(),
+                names.STOPPED_TAG: str(stopped).lower()}
         if stopped:
-            tags[tracking.STOPPED_EPOCH_TAG] = str(self.session.epoch)
+            tags[names.STOPPED_EPOCH_TAG] = str(self.session.epoch)
         self.run.set_tags(tags)
         with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
             write_trial_artifacts(result, self.name, Path(tmp))
             self.run.log_artifacts(Path(tmp))
         self.run.finish()
         self.closed = True
-        return {"test/acc": result.test_acc}
+        return {names.TEST_ACC: result.test_acc}
 
     def _fail(self, error: BaseException) -> None:
         if self.run is not None and not self.closed:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pipeline.tracking_server import free_port, wait_healthy
+from pipeline.tracking.server import free_port, wait_healthy
 
 POSTGRES_URL = os.environ.get("MEDGRID_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 RAY = Path(sys.executable).with_name("ray")
@@ -89,7 +89,7 @@ class MlflowServer:
                    self.backend_uri, "--artifacts-destination", str(self.artifacts),
                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                    *self.extra_args]
-        # As pipeline/tracking_server.py: no idle GenAI job workers (~1.5 GB) beside the server.
+        # As pipeline/tracking/server.py: no idle GenAI job workers (~1.5 GB) beside the server.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         with open(self.log_file, "ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

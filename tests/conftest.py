@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic OCTMNIST-format file and its preprocessed splits."""
+"""Shared fixtures and helpers: a tiny synthetic OCTMNIST-format file and its preprocessed
+splits; a small finished sweep in an MLflow store."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import expand, load_space
 from pipeline.data import Splits, load_splits
 from pipeline.synthetic import synthesize
 
@@ -31,3 +33,69 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_splits(tiny_npz: Path) -> Splits:
     """`load_splits(tiny_npz)`: the homework's preprocessing and 529-image test subset."""
     return load_splits(tiny_npz)
+
+
+# Two studies (numpy MLP, two seeds; torch FFN, one), 2 epochs each: three trial runs.
+SMALL_SWEEP = {
+    "mlp.yaml": "name: q1_mlp\nmodel: numpy_mlp\nseeds: [1, 2]\n"
+                "params: {epochs: 2, learning_rate: 0.001}\n",
+    "ffn.yaml": "name: q2_lr\nmodel: torch_ffn\nseeds: [1]\n"
+                "params: {epochs: 2, learning_rate: 0.1}\n",
+    "sweep.yaml": "name: legacy\ninclude: [mlp.yaml, ffn.yaml]\n",
+}
+
+
+def small_sweep_store(work: Path, drop: dict[str, str] | None = None) -> str:
+    """A finished sweep written with MLflow's client into `work/mlflow.db`, as `medgrid tune`
+    writes it: a parent run and one child run per planned trial, each logging its config as
+    params but for the param named in `drop` (run name -> param); returns the tracking URI."""
+    from mlflow.entities import Metric, Param  # here: the fast tests never import MLflow
+    from mlflow.tracking import MlflowClient
+
+    drop = drop or {}
+    for name, text in SMALL_SWEEP.items():
+        (work / name).write_text(text)
+    space = load_space(work / "sweep.yaml")
+    planned = expand(space)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("medgrid", artifact_location=str(work / "art"))
+    parent = client.create_run(experiment_id, run_name="sweep legacy", tags={
+        "medgrid.kind": "sweep", "medgrid.sweep": "legacy", "space_file": str(space.path),
+        "space_sha256": space.content_sha256, "dataset": "synthetic",
+        "test_split": "hw1"}).info.run_id
+    client.log_batch(parent, params=[Param("n_trials", str(len(planned))),
+                                     Param("n_val", "100"), Param("n_test", "100")])
+    for trial in planned:
+        config = trial.config
+        run_id = client.create_run(experiment_id, run_name=trial.name, tags={
+            "mlflow.parentRunId": parent, "medgrid.kind": "trial", "study": config.study,
+            "seed": str(config.seed)}).info.run_id
+        params = [Param(k, str(v)) for k, v in config.model_dump().items()
+                  if k != drop.get(trial.name)]
+        metrics = [Metric(key, value, 0, epoch) for epoch in (1, 2) for key, value in
+                   {"train/loss": 1.0 / epoch, "val/acc": 0.5 + epoch / 10}.items()]
+        client.log_batch(run_id, metrics=metrics, params=params)
+        client.set_tag(run_id, "diverged", "false")
+        client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    return uri
+
+
+def trial_runs(db: Path, experiment: str = "medgrid") -> list:
+    """The trial runs of `experiment` in the SQLite store `db`, read straight from the store
+    with MLflow's own client (not through medgrid), as MLflow's run objects."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], "tags.`medgrid.kind` = 'trial'"))
+
+
+def steps(db: Path, run_id: str, key: str = "train/loss") -> list[int]:
+    """The steps (epochs) at which run `run_id` logged `key`, in the order MLflow returns them."""
+    from mlflow.tracking import MlflowClient
+
+    return [m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run_id, key)]

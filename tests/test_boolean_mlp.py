@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import boolean_mlp
-from pipeline.boolean_nets import (
+from pipeline.boolean import mlp as boolean_mlp
+from pipeline.boolean.nets import (
     ABOVE,
     cube,
     inside_sums,
@@ -21,8 +21,10 @@ from pipeline.boolean_nets import (
     target,
     tight_perturbation,
 )
-from pipeline.boolean_perceptron import perceptron_study, train_perceptron
+from pipeline.boolean.perceptron import perceptron_study, train_perceptron
 from pipeline.cli import main
+
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUILDERS = [sign_mlp, relu_mlp]

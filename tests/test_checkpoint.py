@@ -20,6 +20,8 @@ from pipeline.models.engines import torch_models
 from pipeline.train import EpochRecord
 from pipeline.trial import TrialCheckpoint, TrialResult, run_trial
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 EPOCHS = 3
 HIDDEN = 12
 

@@ -15,6 +15,8 @@ import pytest
 from pipeline import data, data_source
 from pipeline.cli import main
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 
 def test_synth_writes_a_readable_file(tmp_path: Path, capsys) -> None:
     out = tmp_path / "s.npz"

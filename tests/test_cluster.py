@@ -32,7 +32,7 @@ from cluster_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking_server import free_port
+from pipeline.tracking.server import free_port
 
 pytestmark = pytest.mark.cluster
 

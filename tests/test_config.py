@@ -10,7 +10,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import (
+    LONG_NAMES,
     REPORTED_METRICS,
+    SHORT_NAMES,
     AshaSpec,
     Distribution,
     PlannedTrial,
@@ -27,6 +29,8 @@ from pipeline.config import (
     trial_name,
 )
 from pipeline.errors import UserError
+
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 STUDY = """\
@@ -623,3 +627,57 @@ def test_torch_model_in_float64_is_refused_at_load(tmp_path: Path) -> None:
     message = _one_line_error(space)
     assert str(space) in message
     assert "dtype = 'float64' is not supported by torch_ffn; expected 'float32'" in message
+
+
+# --------------------------------------------------------------- the rules of one trial config
+BASE = {"study": "s", "epochs": 2, "learning_rate": 0.1}
+TRIAL_RULES = [
+    # (model, values beyond BASE, the message's key phrase, or None: accepted)
+    ("torch_ffn", {"dropout": 0.5, "l2_decay": 1e-4, "layers": 3, "optimizer": "adam"}, None),
+    ("torch_ffn", {"dropout": 1.0}, "dropout"),
+    ("torch_ffn", {"dropout": -0.1}, "dropout"),
+    ("torch_ffn", {"learning_rate": 0.0}, "learning_rate"),
+    ("torch_ffn", {"learning_rate": float("inf")}, "finite"),
+    ("torch_ffn", {"batch_size": 0}, "batch_size"),
+    ("torch_ffn", {"epochs": True}, "epochs"),  # YAML's `yes`: not one epoch
+    ("torch_ffn", {"l2_decay": -1e-4}, "l2_decay"),
+    ("torch_ffn", {"dtype": "float64"}, "dtype = 'float64' is not supported by torch_ffn"),
+    ("torch_ffn", {"optimizer": "rmsprop"}, "optimizer"),
+    ("torch_ffn", {"colour": "red"}, "colour"),
+    ("torch_logreg", {"dropout": 0.1}, "dropout = 0.1 is not supported by torch_logreg"),
+    ("torch_logreg", {"layers": 2}, "layers = 2 is not supported by torch_logreg"),
+    ("numpy_mlp", {"dtype": "float32"}, None),
+    ("numpy_mlp", {"layers": 2}, "layers = 2 is not supported by numpy_mlp"),
+    ("numpy_mlp", {"l2_decay": 1e-4}, "l2_decay = 0.0001 is not supported by numpy_mlp"),
+    ("numpy_logreg", {"optimizer": "adam"}, "optimizer = 'adam' is not supported"),
+    ("numpy_perceptron", {"activation": "tanh"}, "activation = 'tanh' is not supported"),
+    ("resnet", {}, "model"),
+]
+
+
+@pytest.mark.parametrize(("model", "values", "refused"), TRIAL_RULES,
+                         ids=[f"{m}-{'-'.join(v) or 'base'}" for m, v, _ in TRIAL_RULES])
+def test_trial_config_rules(model: str, values: dict, refused: str | None) -> None:
+    if refused is None:
+        config = TrialConfig.model_validate({**BASE, "model": model, **values})
+        assert all(getattr(config, k) == v for k, v in values.items())
+        return
+    with pytest.raises(ValueError, match=refused):
+        TrialConfig.model_validate({**BASE, "model": model, **values})
+
+
+@pytest.mark.parametrize(("model", "dtype"), [
+    ("numpy_perceptron", "float64"), ("numpy_logreg", "float64"), ("numpy_mlp", "float64"),
+    ("torch_logreg", "float32"), ("torch_ffn", "float32"),
+])
+def test_an_unwritten_dtype_is_the_models_own(model: str, dtype: str) -> None:
+    assert TrialConfig.model_validate({**BASE, "model": model}).dtype == dtype
+
+
+@pytest.mark.parametrize(("name", "short"), [
+    ("learning_rate", "lr"), ("batch_size", "batch"), ("l2_decay", "l2"),
+    ("hidden_size", "hidden"), ("dropout", "dropout"),
+])
+def test_run_names_use_the_one_short_name_map(name: str, short: str) -> None:
+    assert SHORT_NAMES.get(name, name) == short
+    assert LONG_NAMES.get(short, short) == name  # and the reference file reads it back

@@ -13,6 +13,8 @@ import pytest
 from pipeline import data, data_source
 from pipeline.errors import UserError
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 SPLIT_SIZES = {"train": 12, "val": 8, "test": 8}
 
 
@@ -257,3 +259,33 @@ def test_describe_lists_shapes_counts_and_md5(tiny_npz: Path) -> None:
     assert "(400, 28, 28) uint8" in text
     assert " / ".join(str(c) for c in counts) in text
     assert "250 / 250 / 250 / 250" in text
+
+
+# ------------------------------------------------------------------------ a sweep's data
+@pytest.mark.parametrize("n", [1, 50, 399])
+def test_a_training_subset_is_seeded_sorted_and_recorded(n: int, tiny_splits: data.Splits) -> None:
+    subset = data.subsample_train(tiny_splits, n)
+    again = data.subsample_train(tiny_splits, n)
+    assert len(subset.y_train) == len(subset.x_train) == subset.identity.n_train == n
+    np.testing.assert_array_equal(subset.x_train, again.x_train)  # the same n, the same images
+    rows = [int(np.flatnonzero((tiny_splits.x_train == row).all(axis=1))[0])
+            for row in subset.x_train[:5]]
+    assert rows == sorted(rows)  # kept in file order
+    assert subset.x_val is tiny_splits.x_val and subset.x_test is tiny_splits.x_test
+
+
+@pytest.mark.parametrize("n", [400, 10_000])
+def test_a_subset_as_large_as_the_training_set_is_the_training_set(
+        n: int, tiny_splits: data.Splits) -> None:
+    assert data.subsample_train(tiny_splits, n) is tiny_splits
+
+
+def test_a_sweep_loads_the_named_file_and_its_subset(tiny_npz: Path) -> None:
+    splits = data.load_dataset("octmnist", tiny_npz, "full", limit_train=100)
+    assert (splits.identity.n_train, splits.identity.n_test) == (100, 1000)
+    assert splits.identity.name == "synthetic"  # the file says what it is, whatever --dataset
+
+
+def test_an_unknown_dataset_is_one_user_error(tiny_npz: Path) -> None:
+    with pytest.raises(UserError, match="--dataset 'mnist'; expected octmnist or synthetic"):
+        data.load_dataset("mnist", tiny_npz)

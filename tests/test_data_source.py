@@ -18,6 +18,8 @@ from test_data import assert_one_line_error
 from pipeline import data_source
 from pipeline.errors import UserError
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 
 def test_file_md5_matches_hashlib(tiny_npz: Path) -> None:
     assert data_source.file_md5(tiny_npz) == hashlib.md5(tiny_npz.read_bytes()).hexdigest()

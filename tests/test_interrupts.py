@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from conftest import steps
 from mlflow.tracking import MlflowClient
 from sockets import Listener, listeners
 
@@ -52,9 +53,7 @@ def runs(work: Path) -> list:
 
 
 def epochs_logged(work: Path, run_id: str) -> int:
-    history = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_metric_history(run_id,
-                                                                                 "train/loss")
-    return len(history)
+    return len(steps(work / "mlflow.db", run_id))
 
 
 def server_session(work: Path) -> int | None:

@@ -21,7 +21,7 @@ from pipeline.config import TrialConfig
 from pipeline.data import Splits
 from pipeline.models import build_learner, get_spec, model_names
 from pipeline.models.spec import OPTIONS, ModelSpec, Reference
-from pipeline.report_reference import model_reference_notes
+from pipeline.report.reference import model_reference_notes
 from pipeline.train import fit
 
 HOMEWORK = {"numpy_perceptron", "numpy_logreg", "numpy_mlp", "torch_logreg", "torch_ffn"}
@@ -85,7 +85,7 @@ def test_reading_the_registry_never_imports_torch() -> None:
     """numpy-only trials and `medgrid report` must not pay for (or need) torch."""
     code = ("import sys; import pipeline.cli, pipeline.config, pipeline.report; "
             "from pipeline.models import registry, get_spec; registry(); "
-            "from pipeline.report_summary import not_applicable; not_applicable('torch_ffn'); "
+            "from pipeline.report.summary import not_applicable; not_applicable('torch_ffn'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

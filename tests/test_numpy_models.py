@@ -17,6 +17,8 @@ from pipeline.models.engines import numpy_math as nmath
 from pipeline.models.engines import numpy_models as nm
 from pipeline.train import fit
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 MODELS = ("numpy_perceptron", "numpy_logreg", "numpy_mlp")
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from pipeline.progress import SweepProgress
+
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
 
 
 class FakeClock:

@@ -18,6 +18,7 @@ from pipeline.errors import UserError
 from pipeline.ray_address import RayTarget, choose, host_and_port
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("flag", "env", "expected"), [
     (None, {}, None),
     (None, {"RAY_ADDRESS": "10.0.0.5:6379"}, RayTarget("10.0.0.5:6379", "$RAY_ADDRESS")),
@@ -32,6 +33,7 @@ def test_choose_names_the_cluster_and_where_it_came_from(
     assert choose(flag, env) == expected
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("address", "endpoint"), [
     ("10.0.0.5:6380", ("10.0.0.5", 6380)),
     ("head", ("head", 6379)),  # Ray's default GCS port
@@ -43,6 +45,7 @@ def test_host_and_port(address: str, endpoint: tuple[str, int]) -> None:
     assert host_and_port(RayTarget(address, "--ray-address")) == endpoint
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("address", ["http://head/x", "head:port", "head:99999", ":6379"])
 def test_a_malformed_address_is_one_line(address: str) -> None:
     with pytest.raises(UserError, match="not a Ray address; expected host:port"):

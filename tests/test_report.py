@@ -17,11 +17,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy.stats import ttest_rel
 
-from pipeline import tracking_server
 from pipeline.cli import main
 from pipeline.config import PlannedTrial, TrialConfig, expand, load_space, merge_identical
-from pipeline.report_stats import wilson_interval
-from pipeline.tracking_server import free_port
+from pipeline.report.stats import wilson_interval
+from pipeline.tracking import server as tracking_server
+from pipeline.tracking.server import free_port
 
 STUDIES = {
     "q1_perceptron.yaml": "name: q1_perceptron\nmodel: numpy_perceptron\nseeds: [1]\n"

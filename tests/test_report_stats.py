@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 
 from pipeline.errors import UserError
-from pipeline.report_runs import SweepInfo
-from pipeline.report_stats import (
+from pipeline.report.runs import SweepInfo
+from pipeline.report.stats import (
     MCNEMAR,
     PAIRED_T,
     Samples,
@@ -30,8 +30,10 @@ from pipeline.report_stats import (
     t_interval,
     wilson_interval,
 )
-from pipeline.report_summary import blank_diverged, summary_frame
-from pipeline.report_tables import add_time_ratio
+from pipeline.report.summary import blank_diverged, summary_frame
+from pipeline.report.tables import add_time_ratio
+
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
 
 Z = 1.959963984540054  # the normal's 97.5% quantile
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray.cloudpickle as cloudpickle
+from conftest import steps, trial_runs
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
@@ -40,18 +41,6 @@ params:
 search: {algorithm: optuna, num_samples: 8, seed: 3}
 scheduler: {asha: {grace_period: 1, reduction_factor: 2}}
 """
-
-
-def trial_runs(db: Path, experiment: str = "medgrid") -> list:
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return list(client.search_runs([exp.experiment_id], "tags.`medgrid.kind` = 'trial'"))
-
-
-def steps(db: Path, run_id: str, key: str = "train/loss") -> list[int]:
-    return [m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run_id, key)]
 
 
 @pytest.fixture(scope="module")

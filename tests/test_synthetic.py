@@ -11,6 +11,8 @@ import pytest
 from pipeline import data, data_source, synthetic
 from pipeline.errors import UserError
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 SMALL = {"n_train": 60, "n_val": 30, "n_test": 20}
 
 

@@ -20,6 +20,8 @@ from pipeline.errors import UserError
 from pipeline.models.engines import torch_loop, torch_models
 from pipeline.trial import run_trial
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow: `make test-fast`
+
 HIDDEN = 8
 
 

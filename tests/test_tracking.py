@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import trial_runs
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.tracking_server import LocalTrackingServer
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.server import LocalTrackingServer
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +61,6 @@ def medium_npz(tmp_path_factory) -> Path:
                       n_test=1000, seed=3)
 
 
-def _trial_runs(db: Path) -> list:
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("medgrid")
-    if exp is None:
-        return []
-    return list(client.search_runs([exp.experiment_id], "tags.`medgrid.kind` = 'trial'"))
-
-
 def _tune(work: Path, space: Path, data: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "pipeline", "tune", str(space), "--data", str(data),
                "--num-cpus", "1", "--max-concurrent", "1", *extra]
@@ -83,20 +76,20 @@ def test_resume_after_sigkill_runs_only_unfinished_trials(tmp_path: Path,
     driver = _tune(tmp_path, space, medium_npz)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and driver.poll() is None:
-        if sum(r.info.status == "FINISHED" for r in _trial_runs(db)) >= 2:
+        if sum(r.info.status == "FINISHED" for r in trial_runs(db)) >= 2:
             break
         time.sleep(0.5)
     assert driver.poll() is None, "the sweep ended before it could be killed:\n" + \
         (driver.stdout.read() if driver.stdout else "")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    before = {r.info.run_name: r for r in _trial_runs(db) if r.info.status == "FINISHED"}
+    before = {r.info.run_name: r for r in trial_runs(db) if r.info.status == "FINISHED"}
     assert 2 <= len(before) < 6
 
     resumed = _tune(tmp_path, space, medium_npz, "--resume")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    after = _trial_runs(db)
+    after = trial_runs(db)
     assert len(after) == 6, "one child run per trial, no duplicates"
     assert {r.info.status for r in after} == {"FINISHED"}
     for run in after:  # finished trials were not run again: same run, same start time

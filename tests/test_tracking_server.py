@@ -14,8 +14,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
+from pipeline.errors import UserError
 from pipeline.process_session import session_pids
-from pipeline.tracking_server import LocalTrackingServer, last_error_line
+from pipeline.tracking.server import (
+    LocalTrackingServer,
+    check_sqlite_store,
+    free_port,
+    is_remote,
+    last_error_line,
+    require_server,
+    wait_healthy,
+)
 
 
 @pytest.mark.slow
@@ -92,9 +101,73 @@ def test_a_store_that_cannot_be_opened_fails_at_once_in_one_line(
     assert said in err and uri in err
 
 
+@pytest.mark.fast
 def test_the_last_error_line_of_a_traceback_is_what_the_user_reads() -> None:
     log = ("2026/01/01 INFO starting\nTraceback (most recent call last):\n"
            '  File "x.py", line 1, in <module>\n    raise MlflowException(\n'
            "mlflow.exceptions.MlflowException: it broke\n   because\n\n")
     assert last_error_line(log) == "MlflowException: it broke"
     assert last_error_line("just noise\n") == ""
+
+
+# ---------------------------------------------------------------- helpers, no server started
+@pytest.mark.fast
+@pytest.mark.parametrize(("uri", "remote"), [
+    ("http://127.0.0.1:5000", True), ("https://mlflow.example.org/", True),
+    ("sqlite:///mlflow.db", False), ("sqlite:////abs/mlflow.db", False),
+    ("postgresql+psycopg2://u@h/db", False), ("file:///tmp/x", False), ("mlflow.db", False),
+])
+def test_only_http_uris_name_a_server(uri: str, remote: bool) -> None:
+    assert is_remote(uri) is remote
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("log", "line"), [
+    ("mlflow.exceptions.MlflowException: it broke\n", "MlflowException: it broke"),
+    ("ValueError: first\nOSError: [Errno 13] denied\n", "OSError: [Errno 13] denied"),
+    ("KeyError:   spaced    out   \n", "KeyError: spaced out"),
+    ("x: y\nINFO fine\n", ""),
+    (f"RuntimeError: {'m' * 300}\n", f"RuntimeError: {'m' * 240}..."),
+    ("", ""),
+])
+def test_the_last_error_line_table(log: str, line: str) -> None:
+    assert last_error_line(log) == line
+
+
+@pytest.mark.fast
+def test_an_unreachable_server_is_one_user_error_naming_it() -> None:
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"http://127\.0\.0\.1:\d+/ is unreachable"):
+        require_server(url, timeout=0.5)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.fast
+def test_waiting_stops_as_soon_as_the_server_is_gone() -> None:
+    started = time.monotonic()
+    assert not wait_healthy(f"http://127.0.0.1:{free_port()}", 60, alive=lambda: False)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("where", "refused"), [
+    ("missing/dir/mlflow.db", "is not a directory"),
+    ("new.db", None),  # created by the server later, in a writable directory
+])
+def test_a_sqlite_store_is_checked_before_the_server_starts(where: str, refused: str | None,
+                                                            tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / where}"
+    if refused is None:
+        check_sqlite_store(uri)
+        check_sqlite_store("postgresql+psycopg2://u@h/db")  # not SQLite: not checked here
+        return
+    with pytest.raises(UserError, match=refused):
+        check_sqlite_store(uri)
+
+
+@pytest.mark.fast
+def test_a_sqlite_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(UserError, match="cannot write"):
+        check_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.tracking_server import LocalTrackingServer, free_port, wait_healthy
-from pipeline.tracking_store import absolute_sqlite, sqlite_path, upgrade_proxied_artifacts
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.server import LocalTrackingServer, free_port, wait_healthy
+from pipeline.tracking.store import absolute_sqlite, sqlite_path, upgrade_proxied_artifacts
 
 
 def _log_run(client: MlflowClient, experiment_id: str, directory: Path, kind: str | None) -> str:

@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.config import TrialConfig
 from pipeline.data import Splits
 from pipeline.sweep import SweepOptions, run_sweep
-from pipeline.tracking_server import LocalTrackingServer
+from pipeline.tracking.server import LocalTrackingServer
 from pipeline.trial import TrialCheckpoint, TrialSession
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import KIND_TAG
-from pipeline.tracking_server import free_port
+from pipeline.tracking.runs import KIND_TAG
+from pipeline.tracking.server import free_port
 
 LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp*
 

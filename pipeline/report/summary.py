@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.models import find_spec
-from pipeline.report_runs import TrialArtifacts, one_row_per_run
+from pipeline.report.runs import TrialArtifacts, one_row_per_run
 
 # A diverged trial's last values come from NaN weights (test/acc) or from before the loss blew
 # up (the rest): neither describes a trained model.

@@ -21,16 +21,16 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.config import LONG_NAMES
 from pipeline.errors import UserError
 from pipeline.models import find_spec
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "reference" / "hw1.csv"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "reference" / "hw1.csv"
 REQUIRED = ("study", "model", "config")
 # reference column -> the report's metric name
 COLUMNS = {"train_acc": "train/acc", "val_acc": "val/acc", "test_acc": "test/acc",
            "train_loss": "train/loss", "time_s": "train_time_s"}
-ALIASES = {"lr": "learning_rate", "l2": "l2_decay", "hidden": "hidden_size",
-           "batch": "batch_size"}
+ALIASES = LONG_NAMES  # `lr=0.01` in a reference config names learning_rate
 NO_REGULARISATION = {"l2_decay": "0", "dropout": "0"}
 # Studies whose published train_loss is the epoch's summed loss, not the mean (the homework
 # quotes the MLP's "total train loss", 57795.7751).

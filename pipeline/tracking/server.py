@@ -1,4 +1,5 @@
-"""A private MLflow tracking server for the length of one sweep.
+"""A private MLflow tracking server for the length of one sweep (`open_tracking` gives a sweep
+its tracking URI: the user's server, checked, or a private one over the local store).
 
 SQLite takes one writer at a time, so parallel trials must not open `mlflow.db` themselves. The
 driver starts `mlflow server --workers 1` on a free loopback port over the same store; trials
@@ -25,12 +26,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import UserError
-from pipeline.tracking_store import artifact_root, create_sqlite_schema, sqlite_path
+from pipeline.tracking.store import (
+    absolute_sqlite,
+    artifact_root,
+    create_sqlite_schema,
+    sqlite_path,
+    upgrade_proxied_artifacts,
+)
 
 _PR_SET_PDEATHSIG = 1
 # How long a user's server gets to answer before medgrid gives up: long enough for a blip,
@@ -224,3 +232,22 @@ class LocalTrackingServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]:
+    """An HTTP tracking URI for the sweep: the user's server, or a private one over a local store.
+
+    A user's server is checked by `run_sweep` before the data is loaded.
+    """
+    if is_remote(uri):
+        yield uri.rstrip("/")
+        return
+    backend = absolute_sqlite(uri)
+    upgraded = upgrade_proxied_artifacts(backend, artifacts_dir)
+    if upgraded:
+        print(f"[medgrid] {upgraded} runs and experiments of an older medgrid now record their "
+              f"artifacts as file URIs under {artifacts_dir}/", flush=True)
+    server = LocalTrackingServer(backend, artifacts_dir, log_dir / "mlflow-server.log")
+    with server:
+        yield server.url

@@ -21,22 +21,25 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import liveness
 from pipeline.errors import UserError
+from pipeline.tracking.client import TrackingClient
+from pipeline.tracking.names import (
+    ATTEMPT_TAG,
+    DRIVER_TAG,
+    ERROR_TAG,
+    EXPERIMENT_KIND_TAG,
+    HEARTBEAT_TAG,
+    KEY_TAG,
+    KIND_TAG,
+    MODEL_TRAINING_KIND,
+    PARENT_TAG,
+    PREVIOUS_ERROR_TAG,
+    SWEEP_KIND,
+    SWEEP_TAG,
+    TRAIN_LOSS,
+    TRIAL_KIND,
+)
+from pipeline.tracking.records import RunRecord
 
-PARENT_TAG = "mlflow.parentRunId"
-KIND_TAG = "medgrid.kind"  # "sweep" or "trial"
-SWEEP_TAG = "medgrid.sweep"
-KEY_TAG = "medgrid.trial_key"
-RAY_PATH_TAG = "medgrid.ray_experiment_path"
-ATTEMPT_TAG = "medgrid.attempt"
-SAMPLED_TAG = "medgrid.sampled"  # on a sampled sweep's parent: {param: distribution kind}
-STOPPED_TAG = "stopped_early"
-ALSO_TAG = "medgrid.also"  # JSON {study: run name}: other studies this trial's training serves
-STOPPED_EPOCH_TAG = "stopped_epoch"
-# MLflow's UI opens an experiment of this kind on its runs and charts, not on the GenAI overview.
-DRIVER_TAG = "medgrid.driver"  # on a parent: the driver's host, pid and start (liveness.py)
-HEARTBEAT_TAG = "medgrid.heartbeat"  # on a parent: unix time its live driver last wrote
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING_KIND = "custom_model_development"
 _MAX_PARAM_LEN = 6000
 
 
@@ -68,7 +71,8 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
-    """All active runs that match, page by page."""
+    """All active runs that match, page by page, as MLflow's own objects: for this module's
+    bookkeeping; other modules read records (`TrackingClient.find_runs`)."""
     runs: list[Any] = []
     token = None
     while True:
@@ -88,7 +92,7 @@ def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str,
     """
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run = client.create_run(experiment_id, run_name=f"sweep {sweep_name} {started}",
-                            tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name, **tags,
+                            tags={KIND_TAG: SWEEP_KIND, SWEEP_TAG: sweep_name, **tags,
                                   **_driver_tags()})
     client.log_batch(run.info.run_id, params=_params(params))
     return str(run.info.run_id)
@@ -108,9 +112,8 @@ def heartbeat(client: MlflowClient, parent_run_id: str) -> None:
     client.set_tag(parent_run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
 
 
-def sweep_alive(parent: Any) -> bool:
-    """Whether the sweep of this parent run still has a live driver (liveness.py)."""
-    tags = parent.data.tags
+def sweep_alive(tags: Mapping[str, str]) -> bool:
+    """Whether the sweep whose parent run carries `tags` still has a live driver (liveness.py)."""
     return liveness.sweep_alive(tags.get(DRIVER_TAG), tags.get(HEARTBEAT_TAG))
 
 
@@ -123,12 +126,13 @@ def log_sweep_summary(client: MlflowClient, parent_run_id: str, metrics: Mapping
                      tags=[RunTag(k, str(v)[:_MAX_PARAM_LEN]) for k, v in tags.items()])
 
 
-def latest_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) -> Any | None:
+def latest_sweep_run(client: TrackingClient, experiment_id: str,
+                     sweep_name: str) -> RunRecord | None:
     """The most recently started parent run of `sweep_name`, or None."""
-    runs = client.search_runs(
+    runs = client.find_runs(
         [experiment_id],
-        f"tags.`{KIND_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{sweep_name}'",
-        max_results=1, order_by=["attributes.start_time DESC"],
+        f"tags.`{KIND_TAG}` = '{SWEEP_KIND}' AND tags.`{SWEEP_TAG}` = '{sweep_name}'",
+        limit=1, newest_first=True,
     )
     return runs[0] if runs else None
 
@@ -158,7 +162,7 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
                          f"tags.`{KIND_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{sweep_name}'")
     for parent in parents:
         parent_id = parent.info.run_id
-        if parent.info.status == "RUNNING" and sweep_alive(parent):
+        if parent.info.status == "RUNNING" and sweep_alive(parent.data.tags):
             continue
         children = search_all(client, experiment_id,
                               f"tags.`{PARENT_TAG}` = '{parent_id}' AND attributes.status = "
@@ -172,22 +176,22 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, sweep_name: str,
     return closed
 
 
-def sweep_children(client: MlflowClient, experiment_id: str, parent_run_id: str,
-                   status: str | None = None) -> list[Any]:
+def sweep_children(client: TrackingClient, experiment_id: str, parent_run_id: str,
+                   status: str | None = None) -> list[RunRecord]:
     """The child runs of one sweep (optionally only those with `status`)."""
     query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
     if status is not None:
         query += f" AND attributes.status = '{status}'"
-    return search_all(client, experiment_id, query)
+    return client.find_runs([experiment_id], query)
 
 
-def close_interrupted_sweep(client: MlflowClient, experiment_id: str,
+def close_interrupted_sweep(client: TrackingClient, experiment_id: str,
                             parent_run_id: str) -> tuple[int, int]:
     """End an interrupted sweep: its unfinished child runs and the parent KILLED (`--resume`
     reopens them). Returns (children FINISHED, children closed now)."""
     closed = 0
     for run in sweep_children(client, experiment_id, parent_run_id, "RUNNING"):
-        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(run.run_id, "KILLED")
         closed += 1
     client.set_terminated(parent_run_id, "KILLED")
     finished = len(sweep_children(client, experiment_id, parent_run_id, "FINISHED"))
@@ -203,17 +207,17 @@ def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
     return runs[0].info.run_id if runs else None
 
 
-def finished_trial(client: MlflowClient, experiment_id: str, parent_run_id: str,
-                   name: str) -> Any | None:
+def finished_trial(client: TrackingClient, experiment_id: str, parent_run_id: str,
+                   name: str) -> RunRecord | None:
     """The FINISHED child run of trial `name` in this sweep, if an earlier attempt completed.
 
     Ray saves its experiment state periodically; a driver killed between a trial's end and the
     next save would run that trial again on `--resume`. MLflow is the record that counts.
     """
     key = trial_key(parent_run_id, name)
-    runs = client.search_runs([experiment_id],
-                              f"tags.`{KEY_TAG}` = '{key}' AND attributes.status = 'FINISHED'",
-                              max_results=1)
+    runs = client.find_runs([experiment_id],
+                            f"tags.`{KEY_TAG}` = '{key}' AND attributes.status = 'FINISHED'",
+                            limit=1)
     return runs[0] if runs else None
 
 
@@ -239,13 +243,13 @@ class TrialRun:
         attempt = 1 + max((int(r.data.tags.get(ATTEMPT_TAG, "1")) for r in earlier),
                           default=0)
         attempt_tags = {ATTEMPT_TAG: str(attempt)}
-        errors = [r.data.tags["medgrid.error"] for r in earlier if "medgrid.error" in r.data.tags]
+        errors = [r.data.tags[ERROR_TAG] for r in earlier if ERROR_TAG in r.data.tags]
         if errors:
-            attempt_tags["medgrid.previous_error"] = errors[-1][:_MAX_PARAM_LEN]
+            attempt_tags[PREVIOUS_ERROR_TAG] = errors[-1][:_MAX_PARAM_LEN]
         for run in earlier:
             client.delete_run(run.info.run_id)
         run = client.create_run(experiment_id, run_name=name, tags={
-            PARENT_TAG: parent_run_id, KIND_TAG: "trial", KEY_TAG: key, **tags, **attempt_tags,
+            PARENT_TAG: parent_run_id, KIND_TAG: TRIAL_KIND, KEY_TAG: key, **tags, **attempt_tags,
         })
         self.run_id: str = run.info.run_id
         client.log_batch(self.run_id, params=_params(params))
@@ -257,7 +261,7 @@ class TrialRun:
         run = client.get_run(run_id)
         self = cls.__new__(cls)
         self.client, self.run_id = client, run_id
-        history = client.get_metric_history(run_id, "train/loss")
+        history = client.get_metric_history(run_id, TRAIN_LOSS)
         self.logged_through = max((m.step for m in history), default=0)
         attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1
         client.update_run(run_id, status="RUNNING")
@@ -291,7 +295,7 @@ class TrialRun:
         """End the run FAILED, with the error as a tag and the traceback as an artifact."""
         line = f"{type(error).__name__}: {error}".splitlines()[0]
         try:
-            self.set_tags({"medgrid.error": line[:_MAX_PARAM_LEN]})
+            self.set_tags({ERROR_TAG: line[:_MAX_PARAM_LEN]})
             self.client.log_text(self.run_id, "".join(traceback.format_exception(error)),
                                  "error.txt")
         finally:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.report_stats import ALPHA, MCNEMAR, PAIRED_T, outcome
+from pipeline.report.stats import ALPHA, MCNEMAR, PAIRED_T, outcome
 
 TEST_NAMES = {MCNEMAR: "exact McNemar test on the shared validation images (two-sided binomial "
                        "test on the images only one of the two got right)",

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.errors import UserError
-from pipeline.tracking_server import wait_healthy
-from pipeline.tracking_store import (
+from pipeline.tracking.server import wait_healthy
+from pipeline.tracking.store import (
     absolute_sqlite,
     artifact_root,
     sqlite_path,
@@ -73,7 +73,7 @@ def _start_page(url: str, store_uri: str) -> str:
     """The latest sweep's experiment, or the UI's home page when there is no sweep yet."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import latest_sweep_experiment
+    from pipeline.tracking.runs import latest_sweep_experiment
 
     try:
         latest = latest_sweep_experiment(MlflowClient(url))

@@ -1,5 +1,5 @@
 """The report's files: summary.csv, one CSV per table, report.md and a self-contained
-report.html (figures embedded as data URIs); `report_output` decides where they may go.
+report.html (figures embedded as data URIs); `output` decides where they may go.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.report_notes import digits, interval, measured, p_value
-from pipeline.report_stats import MCNEMAR, PAIRED_T
-from pipeline.report_summary import summary_frame
-from pipeline.report_tables import ReportTable
+from pipeline.report.notes import digits, interval, measured, p_value
+from pipeline.report.stats import MCNEMAR, PAIRED_T
+from pipeline.report.summary import summary_frame
+from pipeline.report.tables import ReportTable
 
 LABELS = {"train/acc": "train acc", "val/acc": "val acc", "test/acc": "test acc",
           "train/loss": "train loss", "train/loss_sum": "train loss (sum)",

@@ -1,6 +1,6 @@
 """Question 3 end to end: check the hand-built MLPs, study a single perceptron, write the results.
 
-`run` checks both constructions of `boolean_nets` against f exhaustively (every D <= 10, every
+`run` checks both constructions of `nets` against f exhaustively (every D <= 10, every
 interval), measures this case's margin, tries random perturbations below it and one just above
 it, trains a perceptron when D = 2, then writes weights.json and the figures.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import boolean_plots
-from pipeline.boolean_nets import (
+from pipeline.boolean import plots as boolean_plots
+from pipeline.boolean.nets import (
     ABOVE,
     TwoUnitMLP,
     cube,
@@ -29,7 +29,7 @@ from pipeline.boolean_nets import (
     target,
     tight_perturbation,
 )
-from pipeline.boolean_perceptron import PerceptronStudy, perceptron_study
+from pipeline.boolean.perceptron import PerceptronStudy, perceptron_study
 from pipeline.errors import UserError
 
 MAX_D = 16  # 2^16 inputs: the largest cube we still enumerate in well under a second

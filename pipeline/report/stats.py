@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.report_runs import CONFIG_PARAMS
+from pipeline.report.runs import CONFIG_PARAMS
 
 ALPHA = 0.05
 LEVEL = 0.95

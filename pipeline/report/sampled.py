@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.report_notes import table_caption, trouble_notes, winner_notes
-from pipeline.report_plots import plot_sampled
-from pipeline.report_reference import model_reference_notes
-from pipeline.report_stats import add_verdicts, config_samples, config_stats, outcome
-from pipeline.report_tables import SHORT, ReportTable, table_metrics
+from pipeline.config import SHORT_NAMES
+from pipeline.report.notes import table_caption, trouble_notes, winner_notes
+from pipeline.report.plots import plot_sampled
+from pipeline.report.reference import model_reference_notes
+from pipeline.report.stats import add_verdicts, config_samples, config_stats, outcome
+from pipeline.report.tables import ReportTable, table_metrics
 
 TOP_K = 10
 
@@ -26,7 +27,7 @@ def sampled_labels(rows: pd.DataFrame, kinds: Mapping[str, str]) -> pd.Series:
     'lr=0.0123 dropout=0.234' (made unique with '#2', '#3' where two round alike)."""
     labels = []
     for _, row in rows.iterrows():
-        labels.append(" ".join(f"{SHORT.get(k, k)}={_short(row[k])}" for k in kinds
+        labels.append(" ".join(f"{SHORT_NAMES.get(k, k)}={_short(row[k])}" for k in kinds
                                if k in rows) or str(row["run_name"]))
     seen: dict[str, int] = {}
     unique = []

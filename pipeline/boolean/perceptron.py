@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.boolean_nets import cube, sign, target
+from pipeline.boolean.nets import cube, sign, target
 
 N_ANGLES, N_OFFSETS = 360, 201
 

@@ -14,15 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config import SHORT_NAMES
 from pipeline.models import find_spec
 from pipeline.models.spec import ACCURACIES, LOSS_ACCURACIES
-from pipeline.report_notes import table_caption, time_note, trouble_notes, winner_notes
-from pipeline.report_reference import (
-    PUBLISHED_N_TRAIN,
-    match_reference,
-    model_reference_notes,
-)
-from pipeline.report_stats import (
+from pipeline.report.notes import table_caption, time_note, trouble_notes, winner_notes
+from pipeline.report.reference import PUBLISHED_N_TRAIN, match_reference, model_reference_notes
+from pipeline.report.stats import (
     Samples,
     add_verdicts,
     config_samples,
@@ -31,7 +28,6 @@ from pipeline.report_stats import (
 )
 
 OFF_WHEN_ZERO = ("l2_decay", "dropout")  # a regulariser at 0 is "off": left out of labels
-SHORT = {"learning_rate": "lr", "batch_size": "batch", "l2_decay": "l2", "hidden_size": "hidden"}
 BASELINE_BATCH = 1024  # the homework's Table 5 compares batch 16 with batch 1024
 FIRST_FREE_NUMBER = 8  # the homework's tables are 1-7; the report's own come after
 
@@ -144,7 +140,7 @@ def label_configs(frame: pd.DataFrame) -> pd.Series:
     for _, rows in frame.groupby("study", sort=False):
         keys = varying_params(rows)
         for index, row in rows.iterrows():
-            parts = [f"{SHORT.get(k, k)}={_text(row[k])}" for k in keys
+            parts = [f"{SHORT_NAMES.get(k, k)}={_text(row[k])}" for k in keys
                      if not (k in OFF_WHEN_ZERO and row[k] == 0)]
             labels[index] = " ".join(parts) or ("baseline" if keys else str(row["model"]))
     return labels

@@ -21,10 +21,10 @@ from contextlib import closing
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.tracking.names import KIND_TAG  # the tag every medgrid run carries
 
 SQLITE_PREFIX = "sqlite:///"
 PROXY_PREFIX = "mlflow-artifacts:/"
-_KIND_TAG = "medgrid.kind"  # the tag every medgrid run carries (see tracking.KIND_TAG)
 
 
 def absolute_sqlite(uri: str) -> str:
@@ -61,14 +61,14 @@ def upgrade_proxied_artifacts(uri: str, artifacts_dir: Path) -> int:
                 "WHERE artifact_uri LIKE 'mlflow-artifacts:/%' "
                 "AND artifact_uri NOT LIKE 'mlflow-artifacts://%' "
                 "AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = ?)",
-                (root + "/", len(PROXY_PREFIX) + 1, _KIND_TAG)).rowcount
+                (root + "/", len(PROXY_PREFIX) + 1, KIND_TAG)).rowcount
             experiments = conn.execute(
                 "UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
                 "WHERE artifact_location LIKE 'mlflow-artifacts:/%' "
                 "AND artifact_location NOT LIKE 'mlflow-artifacts://%' "
                 "AND experiment_id IN (SELECT r.experiment_id FROM runs r JOIN tags t "
                 "ON t.run_uuid = r.run_uuid WHERE t.key = ?)",
-                (root + "/", len(PROXY_PREFIX) + 1, _KIND_TAG)).rowcount
+                (root + "/", len(PROXY_PREFIX) + 1, KIND_TAG)).rowcount
     except sqlite3.Error as exc:
         raise UserError(f"{db}: cannot upgrade its artifact locations ({exc}); expected a "
                         "writable MLflow SQLite store") from exc

@@ -13,37 +13,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from pipeline import __version__
 from pipeline.errors import UserError
-from pipeline.report_output import check_out_dir, staged_directory
-from pipeline.report_plots import CURVE_KEYS, plot_study, plot_train_time
-from pipeline.report_reference import DEFAULT_REFERENCE, load_reference
-from pipeline.report_render import (
+from pipeline.report.output import check_out_dir, staged_directory
+from pipeline.report.plots import CURVE_KEYS, plot_study, plot_train_time
+from pipeline.report.reference import DEFAULT_REFERENCE, load_reference
+from pipeline.report.render import (
     ReportDocument,
     render_html,
     render_markdown,
     write_csvs,
 )
-from pipeline.report_runs import (
+from pipeline.report.runs import (
     SweepInfo,
     TrialArtifacts,
     add_epoch_times,
-    connect,
+    config_defaults,
     fetch_histories,
     find_sweep,
     one_row_per_run,
     read_trial_artifacts,
     read_trials,
 )
-from pipeline.report_sampled import sampled_figure, sampled_labels, sampled_table
-from pipeline.report_stats import ALPHA, OUTCOMES, outcome
-from pipeline.report_summary import add_artifact_flags, blank_diverged
-from pipeline.report_tables import ReportTable, build_tables, label_configs, number_tables
+from pipeline.report.sampled import sampled_figure, sampled_labels, sampled_table
+from pipeline.report.stats import ALPHA, OUTCOMES, outcome
+from pipeline.report.summary import add_artifact_flags, blank_diverged
+from pipeline.report.tables import ReportTable, build_tables, label_configs, number_tables
+from pipeline.tracking.client import TrackingClient, first_line, open_store
+from pipeline.tracking.names import DEFAULT_TRACKING_URI
+from pipeline.tracking.records import TrackingError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_CURVE_SEEDS = 5  # per configuration: the figures need a few histories, not every run's
 
 
@@ -56,7 +56,7 @@ class ReportOptions:
     sweep: str | None = None
     out: Path = Path("report_out")
     reference: Path | None = None  # None: the repository's reference/hw1.csv, if present
-    log_to_mlflow: bool = True
+    log_to_run: bool = True  # the report as artifacts of the sweep's parent run
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def make_report(options: ReportOptions) -> ReportResult:
     reference_path = options.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_file()
                                            else None)
     reference = load_reference(reference_path) if reference_path else None
-    client = connect(options.tracking_uri)
+    client = open_store(options.tracking_uri)
     sweep = find_sweep(client, options.experiment, options.sweep)
     trials, artifacts = read_sweep(client, sweep)
     sizes = {k: sweep.count(k) for k in ("n_train", "n_val", "n_test")}
@@ -101,12 +101,12 @@ def make_report(options: ReportOptions) -> ReportResult:
         doc = describe(sweep, trials, artifacts, tables, figures, options, reference_path)
         (stage / "report.md").write_text(render_markdown(doc), encoding="utf-8")
         (stage / "report.html").write_text(render_html(doc, stage), encoding="utf-8")
-        if options.log_to_mlflow:
+        if options.log_to_run:
             log_report(client, sweep, stage)
-    return ReportResult(options.out.resolve(), sweep, trials, options.log_to_mlflow)
+    return ReportResult(options.out.resolve(), sweep, trials, options.log_to_run)
 
 
-def read_sweep(client: MlflowClient, sweep: SweepInfo) -> tuple[pd.DataFrame, TrialArtifacts]:
+def read_sweep(client: TrackingClient, sweep: SweepInfo) -> tuple[pd.DataFrame, TrialArtifacts]:
     """The sweep's trials, labelled by configuration, with epoch times and what their
     artifacts say; a diverged trial's accuracies blanked (they are not results)."""
     trials = read_trials(client, sweep)
@@ -127,7 +127,7 @@ def sampled_studies(trials: pd.DataFrame, sampled: dict[str, str]) -> list[str]:
     return [str(s) for s in trials["study"].unique()] if sampled else []
 
 
-def study_curves(client: MlflowClient, trials: pd.DataFrame
+def study_curves(client: TrackingClient, trials: pd.DataFrame
                  ) -> dict[str, dict[str, list[pd.DataFrame]]]:
     """Per study and configuration, the histories of its first few finished seeds."""
     done = trials[trials["status"] == "FINISHED"].sort_values("seed", kind="stable")
@@ -299,21 +299,35 @@ def warnings(sweep: SweepInfo, trials: pd.DataFrame, artifacts: TrialArtifacts,
     if planned is not None and planned > found and not (trials["status"] == "MISSING").any():
         notes.append(f"The sweep planned {planned} trials but only {found} have a run; the "
                      "space file is gone or changed, so which ones are missing is unknown.")
+    assumed = _assumed_params(one_row_per_run(trials))
+    if assumed:
+        notes.append("Some runs were logged before a config field existed and are read with its "
+                     f"current default ({assumed}; `assumed` in summary.csv names them per run).")
     if artifacts.unreadable:
         notes.append(f"The artifacts of {len(artifacts.unreadable)} trials could not be read "
                      f"({artifacts.reason}); their paired tests say 'noise unknown'.")
     return notes
 
 
-def log_report(client: MlflowClient, sweep: SweepInfo, directory: Path) -> None:
+def _assumed_params(runs: pd.DataFrame) -> str:
+    """'optimizer = sgd in 2 runs; ...': params filled with their defaults, and how often."""
+    if "assumed" not in runs:
+        return ""
+    counts = runs["assumed"].fillna("").str.split(";").explode().value_counts()
+    defaults = config_defaults()
+    return "; ".join(f"{key} = {defaults[key]} in {n} run{'s' * (n > 1)}"
+                     for key, n in counts.items() if key)
+
+
+def log_report(client: TrackingClient, sweep: SweepInfo, directory: Path) -> None:
     """Upload the report as artifacts (under `report/`) of the sweep's parent run.
 
     A local store's runs record plain file URIs (stores of medgrid 0.1 are upgraded when
-    opened, see `tracking_store`), so no server is needed here.
+    opened, see `tracking.store`), so no server is needed here.
     """
     try:
-        client.log_artifacts(sweep.run_id, str(directory), "report")
-    except (MlflowException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        client.upload_artifacts(sweep.run_id, directory, "report")
+    except (TrackingError, OSError) as exc:
+        reason = first_line(exc)
         raise UserError(f"could not log the report to run {sweep.run_id} ({reason}); expected "
                         "a writable artifact store (or pass --no-log)") from exc
