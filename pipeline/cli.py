@@ -125,6 +125,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if is_remote(args.tracking_uri):  # before the ~4 s of importing Ray, MLflow and torch
         require_server(args.tracking_uri)
     _check_storage(args.storage)
+    from pipeline.disk_space import require_free_space, written_dirs
+
+    # ./mlruns: where a local store keeps artifacts (SweepOptions.artifacts_dir)
+    require_free_space(written_dirs(args.storage, args.tracking_uri, Path("mlruns")))
     _check_trial_count(args.space, args.seeds, args.max_trials)
     cluster = ray_address.choose(args.ray_address)
     if cluster and args.num_cpus is not None:
@@ -351,11 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _interrupted(exc: SweepInterrupted, argv: Sequence[str]) -> str:
     """The one line a stopped sweep leaves: what was closed, and the command that continues."""
+    why = f"stopped: {exc.cause}" if exc.cause else f"interrupted by {exc}"
     if not exc.detail:  # stopped before its parent run existed: nothing to continue
-        return f"medgrid: interrupted by {exc} before the sweep started"
+        return f"medgrid: {why} before the sweep started"
     again = [arg for arg in argv if arg != "--resume"] + ["--resume"]
-    return (f"medgrid: interrupted by {exc}: {exc.detail}; continue with: "
-            f"medgrid {shlex.join(again)}")
+    return (f"medgrid: {why}: {exc.detail}; {'free some space, then ' if exc.cause else ''}"
+            f"continue with: medgrid {shlex.join(again)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,15 +22,17 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 class SweepInterrupted(KeyboardInterrupt):
     """The sweep was stopped by a signal; the process should exit 128 + `signum`."""
 
-    def __init__(self, signum: int, detail: str = "") -> None:
+    def __init__(self, signum: int, detail: str = "", cause: str = "") -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.detail = detail  # e.g. how many trials finished, set once the runs are closed
+        self.cause = cause  # why medgrid stopped the sweep itself ("" when a user's signal did)
 
     @property
     def exit_code(self) -> int:
-        """The shell's convention: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.signum
+        """The shell's convention for a user's signal: 130 for SIGINT, 143 for SIGTERM; 1 when
+        medgrid stopped the sweep itself (a failure, not the user's request)."""
+        return 1 if self.cause else 128 + self.signum
 
 
 class StopSignals:
@@ -40,6 +42,7 @@ class StopSignals:
         self.signum: int | None = None  # the first signal received
         self.count = 0
         self.graceful: Callable[[], bool] | None = None  # True if it took the stop request
+        self.cause = ""  # set by `stop_for` when medgrid itself stops the sweep
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -49,7 +52,7 @@ class StopSignals:
             os._exit(128 + signum)
         if self.count == 1 and self.graceful is not None and self.graceful():
             return
-        raise SweepInterrupted(self.signum)
+        raise SweepInterrupted(self.signum, cause=self.cause)
 
     @property
     def received(self) -> bool:
@@ -65,7 +68,14 @@ class StopSignals:
     def raise_if_received(self, detail: str = "") -> None:
         """Turn a stop request that Tune honoured into the driver's exit."""
         if self.signum is not None:
-            raise SweepInterrupted(self.signum, detail)
+            raise SweepInterrupted(self.signum, detail, self.cause)
+
+    def stop_for(self, cause: str) -> None:
+        """Stop the sweep as SIGTERM would, for `cause` (callable from any thread: the stop
+        itself runs in the main thread, where Python delivers signals)."""
+        if not self.cause and self.signum is None:
+            self.cause = cause
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from pipeline import __version__, data, liveness
 from pipeline import tune as tuning
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.data import Splits
+from pipeline.disk_space import DiskWatch, written_dirs
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals, SweepInterrupted, stop_signals
 from pipeline.tracking import names
@@ -163,7 +164,10 @@ def run_sweep(space: Path, options: SweepOptions,
                 trainable = _trainable(uri, experiment_id, parent_id, splits, planned, options,
                                        resources, make_session)
                 del splits  # the object store holds the data now; the driver's copy would idle
-                with liveness.Heartbeat(lambda: tracking.heartbeat(client, parent_id)):
+                with liveness.Heartbeat(lambda: tracking.heartbeat(client, parent_id)), \
+                        DiskWatch(written_dirs(options.storage, options.tracking_uri,
+                                               options.artifacts_dir),
+                                  lambda low: stops.stop_for(str(low))):
                     return _drive(client, experiment_id, parent_id, ray_path, trainable,
                                   planned, options, stops, started)
             finally:

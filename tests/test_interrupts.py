@@ -1,11 +1,12 @@
 """Real `medgrid tune` processes on tiny data (issue 14): a sweep stopped by a signal, sent as a
 terminal or a scheduler sends it (items 2, 3); `--resume` after its space was edited (item 1); the
-ports a local sweep opens (item 4).
+ports a local sweep opens (item 4); a disk that fills up while a sweep runs (item 5).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -244,3 +245,43 @@ def test_a_local_sweep_listens_on_loopback_only(tmp_path: Path, small_npz: Path,
     assert {"gcs_server", "raylet", "ray::RuntimeEnvAgent", "ray::IDLE"} <= seen, seen
     assert sweep.server is not None  # the private server's session was watched too
     assert [x for x in sweep.listeners if not x.loopback] == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MB file system of its own (tmpfs), so that the test can fill it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_a_disk_filling_up_stops_the_sweep_with_its_runs_closed(
+        small_disk: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
+    """Another process fills the disk mid-sweep: the sweep stops within a minute, while there is
+    room to close its runs, says so in one line, and can be resumed once space is freed."""
+    (small_disk / "space.yaml").write_text(SPACE)
+    sweep = Sweep(small_disk, small_npz)
+    sweeps.append(sweep)
+    sweep.wait_for(lambda: trial_started(small_disk))
+    leave = 8 * 2**20  # below medgrid's 16 MB reserve, above nothing
+    with open(small_disk / "filler", "wb") as filler:
+        filler.truncate(0)
+        filler.write(b"\0" * (shutil.disk_usage(small_disk).free - leave))
+    filled = time.monotonic()
+    code, _, err = sweep.finish(timeout=60)
+    assert time.monotonic() - filled < 60
+    assert code == 1, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("medgrid: stopped: only ") and "MB free on the disk of" in last, err
+    assert last.endswith(" ".join(["medgrid", *sweep.args, "--resume"])), last
+    statuses = [r.info.status for r in runs(small_disk)]
+    assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
+    assert sweep.leftovers() == []

@@ -1,0 +1,107 @@
+"""Free disk space where a sweep writes: checked before it starts, watched while it runs.
+
+A full disk used to surface as a trial's `OSError: [Errno 28]`, Ray retrying it, and the private
+MLflow server failing its SQLite writes while the trials retried their requests for minutes;
+the runs were left RUNNING because closing them is a write too. medgrid keeps a reserve instead:
+a sweep does not start with less than `RESERVE_BYTES` free where it writes (the store, the
+artifacts, Ray's results), and a running sweep is stopped, cleanly and resumably, as soon as the
+free space falls below it, while there is still room to close its runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from pipeline.errors import UserError
+from pipeline.tracking.server import is_remote
+from pipeline.tracking.store import sqlite_path
+
+RESERVE_BYTES = 16 * 2**20  # room to close the runs, flush Ray's state and write SQLite's journal
+CHECK_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class LowSpace:
+    """A place a sweep writes to, on a file system with less free space than the reserve."""
+
+    path: Path
+    free: int
+    reserve: int
+
+    def __str__(self) -> str:
+        return (f"only {self.free / 2**20:.1f} MB free on the disk of {self.path} (medgrid keeps "
+                f"{self.reserve / 2**20:.0f} MB free to close its runs)")
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or the nearest directory above it that exists (where it would be created)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def written_dirs(storage: Path, tracking_uri: str, artifacts_dir: Path) -> list[Path]:
+    """Where a sweep writes on this machine: Ray's results, the local store and its artifacts
+    (a tracking server's store is the server's to watch)."""
+    dirs = [storage]
+    if not is_remote(tracking_uri):
+        dirs.append(artifacts_dir)
+        db = sqlite_path(tracking_uri)
+        if db is not None:
+            dirs.append(db.parent)
+    return dirs
+
+
+def low_space(paths: Iterable[Path], reserve: int | None = None) -> LowSpace | None:
+    """The first of `paths` whose file system has less than `reserve` bytes free (default:
+    `RESERVE_BYTES`), or None."""
+    reserve = RESERVE_BYTES if reserve is None else reserve
+    for path in paths:
+        try:
+            free = shutil.disk_usage(_existing(path)).free
+        except OSError:  # vanished meanwhile: the writes there will say what is wrong
+            continue
+        if free < reserve:
+            return LowSpace(path, free, reserve)
+    return None
+
+
+def require_free_space(paths: Iterable[Path], reserve: int | None = None) -> None:
+    """Refuse to start a sweep that has no room to write (one line, before anything starts)."""
+    low = low_space(paths, reserve)
+    if low is not None:
+        raise UserError(f"{low}; expected more free space there (or --storage / --tracking-uri "
+                        "on another disk)")
+
+
+class DiskWatch:
+    """Calls `on_low(LowSpace)` once, from a daemon thread, when one of `paths` runs low."""
+
+    def __init__(self, paths: Iterable[Path], on_low: Callable[[LowSpace], None],
+                 every_s: float = CHECK_EVERY_S, reserve: int | None = None) -> None:
+        self._paths = list(paths)
+        self._on_low, self._every_s, self._reserve = on_low, every_s, reserve
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="medgrid-disk-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every_s):
+            low = low_space(self._paths, self._reserve)
+            if low is not None:
+                self._on_low(low)
+                return
+
+    def __enter__(self) -> DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
