@@ -126,7 +126,7 @@ def spec_for(study: str, frame: pd.DataFrame) -> TableSpec:
     rows = frame[frame["study"] == study]
     spec = SPECS.get(study)
     if spec is None:
-        spec = TableSpec(None, f"Configurations compared (study {study})",
+        spec = TableSpec(None, "Configurations compared",  # the renderers name the study
                          table_metrics(str(rows["model"].iloc[0])))
     if "batch_size" in varying_params(rows) and "train_time_s" not in spec.metrics:
         spec = TableSpec(spec.number, spec.title, (*spec.metrics, "train_time_s"),
