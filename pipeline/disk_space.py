@@ -64,9 +64,12 @@ def low_space(paths: Iterable[Path], reserve: int | None = None) -> LowSpace | N
     reserve = RESERVE_BYTES if reserve is None else reserve
     for path in paths:
         try:
-            free = shutil.disk_usage(_existing(path)).free
+            usage = shutil.disk_usage(_existing(path))
         except OSError:  # vanished meanwhile: the writes there will say what is wrong
             continue
+        if usage.total == 0:  # /proc, /sys: no disk to measure; writing there fails on its own
+            continue
+        free = usage.free
         if free < reserve:
             return LowSpace(path, free, reserve)
     return None

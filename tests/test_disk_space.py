@@ -31,6 +31,12 @@ def test_require_free_space_is_one_line(tmp_path: Path) -> None:
     require_free_space([tmp_path], reserve=0)
 
 
+def test_a_file_system_without_a_size_is_not_called_full() -> None:
+    """/proc reports 0 bytes free of 0: `sqlite:////proc/x.db` is refused as not writable, by
+    the store check, rather than as a full disk."""
+    assert low_space([Path("/proc/x.db")], reserve=2**62) is None
+
+
 @pytest.mark.parametrize(("uri", "expected"), [
     ("sqlite:////data/runs/mlflow.db", ["ray_results", "mlruns", "/data/runs"]),
     ("http://mlflow:5000", ["ray_results"]),  # the server watches its own store
