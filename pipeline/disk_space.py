@@ -11,13 +11,12 @@ free space falls below it, while there is still room to close its runs.
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from pipeline.errors import UserError
+from pipeline.periodic import Periodic
 from pipeline.tracking.server import is_remote
 from pipeline.tracking.store import sqlite_path
 
@@ -83,28 +82,17 @@ def require_free_space(paths: Iterable[Path], reserve: int | None = None) -> Non
                         "on another disk)")
 
 
-class DiskWatch:
+class DiskWatch(Periodic):
     """Calls `on_low(LowSpace)` once, from a daemon thread, when one of `paths` runs low."""
 
     def __init__(self, paths: Iterable[Path], on_low: Callable[[LowSpace], None],
                  every_s: float = CHECK_EVERY_S, reserve: int | None = None) -> None:
-        self._paths = list(paths)
-        self._on_low, self._every_s, self._reserve = on_low, every_s, reserve
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="medgrid-disk-watch", daemon=True)
+        watched = list(paths)
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self._every_s):
-            low = low_space(self._paths, self._reserve)
+        def task() -> bool:
+            low = low_space(watched, reserve)
             if low is not None:
-                self._on_low(low)
-                return
+                on_low(low)
+            return low is not None  # once is enough: the sweep is stopping
 
-    def __enter__(self) -> DiskWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5)
+        super().__init__(task, every_s, "medgrid-disk-watch")

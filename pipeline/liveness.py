@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+
+from pipeline.periodic import Periodic
 
 HEARTBEAT_EVERY_S = 15.0
 STALE_AFTER_S = 90.0  # six missed heartbeats
@@ -65,27 +65,16 @@ def sweep_alive(driver: str | None, heartbeat: str | None, now: float | None = N
     return (time.time() if now is None else now) - beat < STALE_AFTER_S
 
 
-class Heartbeat:
+class Heartbeat(Periodic):
     """Calls `beat()` every `every_s` seconds in a daemon thread while the context is open.
     A failing beat (the store briefly unreachable) is skipped, never raised into the sweep."""
 
     def __init__(self, beat: Callable[[], None], every_s: float = HEARTBEAT_EVERY_S) -> None:
-        self._beat, self._every_s = beat, every_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="medgrid-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._every_s):
+        def task() -> bool:
             try:
-                self._beat()
+                beat()
             except Exception:  # noqa: BLE001 - a missed beat only ages the timestamp
                 pass
+            return False  # beat until the sweep ends
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5)
+        super().__init__(task, every_s, "medgrid-heartbeat")
