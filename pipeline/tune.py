@@ -202,16 +202,28 @@ class MedgridTrainable(tune.Trainable):
     def setup(self, config: dict[str, Any], data: Splits, plan: SweepPlan,
               target: TrackingTarget, make_session: SessionFactory) -> None:
         self.data, self.plan, self.target, self.make_session = data, plan, target, make_session
-        self.trial_config = plan.trial_config(config)
-        self.also = plan.also(config)
-        self.name = self.trial_name or plan.trial_name(config)  # Tune's, from RunNames
         os.environ.update(target.credentials)  # MlflowClient reads them from the environment
         self.client = TrackingClient(target.uri)
+        self._begin(config)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """Tune reuses this actor (its process, imports and data) for the next trial: the
+        previous trial is closed as `cleanup` would close it, then the new one begins."""
+        self.cleanup()
+        self._begin(new_config)
+        return True
+
+    def _begin(self, config: dict[str, Any]) -> None:
+        """The per-trial state: everything `setup` does that depends on the trial's config."""
+        self.trial_config = self.plan.trial_config(config)
+        self.also = self.plan.also(config)
+        self.name = self.trial_name or self.plan.trial_name(config)  # Tune's, from RunNames
         self.session: TrialSession | None = None
         self.run: TrialRun | None = None
         self.closed = False
         self.stop_requested = False  # set by the scheduler (RecordingASHA) just before it stops us
-        done = finished_trial(self.client, target.experiment_id, target.parent_run_id, self.name)
+        done = finished_trial(self.client, self.target.experiment_id,
+                              self.target.parent_run_id, self.name)
         self.already_done = done  # finished before the driver died: don't train or log again
 
     def _tags(self) -> dict[str, str]:
@@ -564,7 +576,7 @@ def launch(trainable: Any, plan: SweepPlan, options: LaunchOptions,
     tune_config = tune.TuneConfig(
         search_alg=searcher(plan), scheduler=scheduler(plan), num_samples=plan.n_trials,
         metric=plan.search.metric, mode=plan.search.mode,
-        max_concurrent_trials=options.max_concurrent, reuse_actors=False,
+        max_concurrent_trials=options.max_concurrent, reuse_actors=True,
         trial_name_creator=RunNames(plan),
         trial_dirname_creator=lambda t: _trial_dirname(plan, t))
     tuner = tune.Tuner(trainable, param_space=param_space(plan), tune_config=tune_config,
