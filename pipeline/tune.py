@@ -316,9 +316,11 @@ class MedgridTrainable(tune.Trainable):
             raise
 
     def mark_stopped_early(self) -> None:
-        """Called by the driver's scheduler before it stops this trial (Ray runs one caller's
-        actor tasks in order, so this arrives before `stop`)."""
+        """Called by the driver's scheduler when it stops this trial (Ray runs one caller's
+        actor tasks in order, so this arrives before `stop` or `reset`). The run is closed
+        here, at once: a reused actor may wait a long while before Tune resets or stops it."""
         self.stop_requested = True
+        self.cleanup()
 
     def cleanup(self) -> None:
         """A trial stopped early by the scheduler ends FINISHED with its test accuracy and
