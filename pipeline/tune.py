@@ -305,6 +305,10 @@ class MedgridTrainable(tune.Trainable):
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         """Continue from a checkpoint (a retry after a crash, or `--resume`)."""
         directory = Path(checkpoint_dir)
+        if self.already_done is not None:
+            # Its run ended FINISHED after Ray's last state save (the driver died in between):
+            # `step` replays the finished run; reopening it here would leave it RUNNING.
+            return
         if not (directory / TrialCheckpoint.STATE_FILE).exists():
             return  # a trial checkpointed before its first epoch: start over
         checkpoint = TrialCheckpoint.load(directory)

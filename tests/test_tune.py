@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
@@ -215,3 +216,48 @@ def test_resources_no_node_has_are_refused_before_the_parent_run_exists(
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("medgrid")
     assert client.search_runs([experiment.experiment_id]) == []
+
+
+def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
+        tmp_path: Path, tiny_splits: Splits) -> None:
+    """The driver died after a trial's run ended FINISHED but before Ray saved the trial as
+    done, so `--resume` restores it from its last checkpoint. The trainable is built here as
+    Tune builds it on a restore (load_checkpoint, then step): the run must stay FINISHED with
+    each epoch once, not be reopened and left RUNNING (CI saw this once after a SIGKILL)."""
+    from ray.tune.result import TRIAL_INFO
+
+    from pipeline.sweep import plan_sweep
+    from pipeline.tracking import runs
+    from pipeline.tracking.client import TrackingClient
+
+    if not ray.is_initialized():  # the trial tags its Ray node
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    space = tmp_path / "one.yaml"
+    space.write_text("name: one\nmodel: numpy_logreg\nparams: {epochs: 2, learning_rate: 0.01}\n")
+    plan = plan_sweep(space, SweepOptions()).plan
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = TrackingClient(uri)
+    experiment = runs.ensure_experiment(client, "medgrid")
+    target = tuning.TrackingTarget(uri, experiment,
+                                   runs.start_sweep_run(client, experiment, "one", {}, {}))
+    name = str(plan.points[0][tuning.NAME_KEY])
+
+    class Direct(tuning.MedgridTrainable):
+        def setup(self, config: dict) -> None:
+            super().setup(config, tiny_splits, plan, target, TrialSession)
+
+    def trainable() -> Direct:
+        info = type("Info", (), {"trial_name": name, "trial_id": "t0"})()
+        return Direct({**plan.points[0], TRIAL_INFO: info})
+
+    first = trainable()
+    first.step()
+    first.save_checkpoint(str(tmp_path / "checkpoint"))  # Ray's last saved state: epoch 1
+    assert first.step()["done"]  # epoch 2: the run ends FINISHED, then the driver dies
+    restored = trainable()
+    restored.load_checkpoint(str(tmp_path / "checkpoint"))
+    assert restored.step()["done"]
+    (run,) = children(MlflowClient(uri))
+    assert run.info.run_name == name and run.info.status == "FINISHED"
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "val/acc")
+    assert sorted(point.step for point in history) == [1, 2]
