@@ -170,6 +170,10 @@ class TrialSession:
         return result
 
 
+# How a trial session is made; tests swap in one that fails on purpose.
+SessionFactory = Callable[[TrialConfig, Splits, "TrialCheckpoint | None"], TrialSession]
+
+
 def run_trial(config: TrialConfig, data: Splits, on_epoch: EpochCallback | None = None,
               resume_from: TrialCheckpoint | None = None, *, checkpoint_every: int = 0,
               on_checkpoint: CheckpointCallback | None = None) -> TrialResult:

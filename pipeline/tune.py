@@ -18,7 +18,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,34 +26,28 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pipeline.artifacts import write_trial_artifacts
-from pipeline.config import (
-    AshaSpec,
-    Distribution,
-    SearchSpec,
-    StudySpec,
-    TrialConfig,
-    config_from_values,
-    sampled_space,
-    trial_name,
-)
+from pipeline.config import Distribution, sampled_space
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals
-from pipeline.models import get_spec
+from pipeline.plan import (  # noqa: F401 - part of this module's interface
+    ALSO_KEY,
+    NAME_KEY,
+    UNFINISHED,
+    Resources,
+    SweepPlan,
+    TrialOutcome,
+)
 from pipeline.progress import SweepProgress
 from pipeline.tracking import names
 from pipeline.tracking.client import TrackingClient
 from pipeline.tracking.runs import TrialRun, finished_trial
-from pipeline.trial import TrialCheckpoint, TrialSession
+from pipeline.trial import SessionFactory, TrialCheckpoint, TrialSession
 
-# How a trial session is made; tests swap in one that fails on purpose.
-SessionFactory = Callable[[TrialConfig, Splits, "TrialCheckpoint | None"], TrialSession]
-NAME_KEY = "name"  # a grid trial's run name, beside its config in Tune's config
-ALSO_KEY = "also"  # JSON {study: run name} of identical grid trials this one trains for
 RUN_NAME_KEY = "run_name"  # in every result a trial reports: its MLflow run name
 PROGRESS_KEYS = (names.TRAIN_LOSS, names.VAL_ACC, names.VAL_LOSS, names.TRAIN_ACC)
 RUN_ID_FILE = names.CHECKPOINT_RUN_FILE  # in each checkpoint: the run the trial continues
@@ -73,67 +67,6 @@ class TrackingTarget:
     params: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Resources of one trial: the model spec's own bundle if it has one (the numpy models:
-    one CPU), else these (so GPUs go to the models that can use them)."""
-
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-
-    def for_model(self, model: str) -> dict[str, float]:
-        """Ray's resource bundle for a trial of `model` (Ray's keys: CPU, GPU)."""
-        fixed = get_spec(model).resources
-        if fixed is not None:
-            return dict(fixed)
-        bundle = {"CPU": self.cpus_per_trial}
-        if self.gpus_per_trial > 0:
-            bundle["GPU"] = self.gpus_per_trial
-        return bundle
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """What Tune runs: preset grid points, or one sampled study with its search block."""
-
-    search: SearchSpec
-    scheduler: AshaSpec | None
-    checkpoint_every: int
-    points: tuple[dict[str, Any], ...] = ()  # grid: one full config (+ name) per trial
-    study: StudySpec | None = None  # sampled: the study whose distributions Tune draws from
-
-    @property
-    def n_trials(self) -> int:
-        """Trials the sweep will run (grid points, or samples)."""
-        return len(self.points) if self.study is None else int(self.search.num_samples or 0)
-
-    def trial_config(self, config: Mapping[str, Any]) -> TrialConfig:
-        """The validated `TrialConfig` of Tune's config of a trial."""
-        values = {k: v for k, v in config.items() if k in TrialConfig.model_fields}
-        if self.study is None:
-            return TrialConfig.model_validate(values)
-        return config_from_values(self.study, values)
-
-    def trial_name(self, config: Mapping[str, Any]) -> str:
-        """The readable name: the planned one for a grid trial; for a sampled one its values
-        rounded (`RunNames` makes it unique)."""
-        if self.study is None:
-            return str(config[NAME_KEY])
-        return trial_name(self.study, self.trial_config(config))
-
-    def also(self, config: Mapping[str, Any]) -> dict[str, str]:
-        """The other studies (study -> run name) that use this grid trial's training."""
-        if self.study is None and config.get(ALSO_KEY):
-            return dict(json.loads(str(config[ALSO_KEY])))
-        return {}
-
-    def models(self) -> set[str]:
-        """The models the sweep trains."""
-        if self.study is not None:
-            return {self.study.model}
-        return {str(point["model"]) for point in self.points}
 
 
 class RunNames:
@@ -167,20 +100,6 @@ def check_resources_fit(resources: Resources, plan: SweepPlan) -> None:
                             "expected --cpus-per-trial/--gpus-per-trial that fit a node")
 
 
-UNFINISHED = "UNFINISHED"  # a trial Tune never ran (the sweep was stopped first)
-
-
-@dataclass
-class TrialOutcome:
-    """How one trial ended, as Tune saw it."""
-
-    name: str
-    status: str  # TERMINATED, ERROR, or UNFINISHED
-    metrics: dict[str, Any]
-    error: str | None = None
-    stopped_early: bool = False
-
-
 def _node_label() -> str:
     context = ray.get_runtime_context()
     return f"{context.get_node_id()[:12]}@{ray.util.get_node_ip_address()}"
@@ -203,6 +122,9 @@ class MedgridTrainable(tune.Trainable):
               target: TrackingTarget, make_session: SessionFactory) -> None:
         self.data, self.plan, self.target, self.make_session = data, plan, target, make_session
         os.environ.update(target.credentials)  # MlflowClient reads them from the environment
+        # MLflow prints a "View run at <url>" line per run; the private server's URL dies with
+        # the sweep, so those lines would only mislead.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = TrackingClient(target.uri)
         self._begin(config)
 
@@ -283,6 +205,8 @@ class MedgridTrainable(tune.Trainable):
         if stopped:
             tags[names.STOPPED_EPOCH_TAG] = str(self.session.epoch)
         self.run.set_tags(tags)
+        from pipeline.artifacts import write_trial_artifacts  # matplotlib: workers only
+
         with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
             write_trial_artifacts(result, self.name, Path(tmp))
             self.run.log_artifacts(Path(tmp))
@@ -494,12 +418,16 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     # Keeping one checkpoint per trial makes Tune snapshot its experiment state after each one
     # (so the state never names a deleted checkpoint); the snapshot is small, the warning noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # MLflow prints a "View run at <url>" line per run; the private server's URL dies with the
-    # sweep, so those lines would only mislead.
-    runtime_env = {"env_vars": {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}}
+    # Tune adds CSV and TensorBoard loggers of every result by default; MLflow has every metric,
+    # and the TensorBoard one imports torch into the driver (a second of CPU as Tune starts).
+    # Its JSON log stays (`_run_config`).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # No job-wide runtime_env: Ray would start fresh workers for it and leave the ones it
+    # started (and preloaded) with the node idle. What a trial needs in its environment it
+    # sets itself (MedgridTrainable.setup).
     if address:
         try:
-            ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
+            ray.init(address=address, log_to_driver=verbose)
         except ConnectionError as error:  # e.g. "auto" with no `ray start` cluster here
             reason = str(error).splitlines()[0].rstrip(".")
             raise UserError(f"Ray cluster at {address}: {reason}; expected a running cluster, "
@@ -509,8 +437,15 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
         # `ray start` last left on this machine (/tmp/ray/ray_current_cluster).
         with _loopback_only():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=verbose, runtime_env=runtime_env)
+                     log_to_driver=verbose, _system_config=_NO_IDLE_WORKERS)
     return True
+
+
+# Ray starts one idle worker per CPU with the node (and again when the driver connects), but
+# Tune's trial actors carry a runtime_env of Tune's own (ray.tune.execution.class_cache), so
+# they never take those workers: on 2 CPUs that was 2 processes importing Ray for nothing,
+# competing with the start of the real ones (the first trial started 4 s later).
+_NO_IDLE_WORKERS = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 @contextmanager
@@ -616,7 +551,11 @@ def can_restore(experiment_path: str) -> bool:
 
 def _run_config(plan: SweepPlan, options: LaunchOptions) -> tune.RunConfig:
     progress = SweepProgress(plan.n_trials)
-    callbacks = [] if options.verbose else [_ProgressLines(plan, progress)]
+    # Tune's own per-trial result log (result.json), which Tune's analysis tools read; its
+    # other default loggers are off (`init_ray`).
+    callbacks: list[Any] = [JsonLoggerCallback()]
+    if not options.verbose:
+        callbacks.append(_ProgressLines(plan, progress))
     return tune.RunConfig(
         name=options.experiment_name,
         storage_path=str(options.storage.resolve()),

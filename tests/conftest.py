@@ -4,6 +4,7 @@ splits; a small finished sweep in an MLflow store."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ from pipeline.synthetic import synthesize
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
                                                          os.environ.get("PYTHONPATH")]))
+
+# A shell without job control starts a background command (`make test &`, some CI runners)
+# with SIGINT ignored, and every process it starts inherits that: the tests' Ctrl-C to a
+# `medgrid` subprocess would then be ignored and the test hang. Handling SIGINT here as Python
+# does by default gives every child the terminal's usual Ctrl-C again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Big enough for the homework's 529-image test subset (182/55/42/250 of classes 0-3).
 TINY_SIZES = {"n_train": 400, "n_val": 100, "n_test": 1000}

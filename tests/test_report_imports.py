@@ -42,3 +42,15 @@ def test_a_report_imports_no_ray(tmp_path: Path) -> None:
                     cwd=tmp_path)
     assert seen["code"] == 0 and (tmp_path / "out" / "summary.csv").is_file()
     assert "ray" not in seen["loaded"] and "mlflow" in seen["loaded"]
+
+
+@pytest.mark.fast
+def test_a_sweep_refused_for_bad_data_imports_neither_ray_nor_mlflow(tmp_path: Path) -> None:
+    """`medgrid tune` checks the space and the data before the seconds of importing Ray and
+    MLflow (and before launching the tracking server, which they overlap)."""
+    (tmp_path / "s.yaml").write_text("name: s\nmodel: numpy_logreg\n"
+                                     "params: {epochs: 1, learning_rate: 0.01}\n")
+    (tmp_path / "bad.npz").write_bytes(b"not an npz file")
+    seen = _imports("tune", "s.yaml", "--data", "bad.npz", cwd=tmp_path)
+    assert seen == {"code": 2, "loaded": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "s.yaml"]

@@ -171,3 +171,23 @@ def test_a_sqlite_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None
     (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
     with pytest.raises(UserError, match="cannot write"):
         check_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_a_server_whose_port_was_taken_starts_again_on_another(tmp_path: Path) -> None:
+    """The port is picked free, then Ray starts beside the server and may bind it first: the
+    server, which then fails to bind, is started again on another port."""
+    import socket
+
+    server = LocalTrackingServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlruns",
+                                 tmp_path / "server.log")
+    taken = server.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with server:
+            assert server.port != taken and server.url.endswith(f":{server.port}")
+            client = MlflowClient(server.url)
+            experiment = client.create_experiment("after a retry")
+            assert client.get_experiment(experiment).name == "after a retry"
+    assert "address already in use" in (tmp_path / "server.log").read_text()

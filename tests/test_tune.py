@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -214,8 +215,7 @@ def test_resources_no_node_has_are_refused_before_the_parent_run_exists(
     err = capsys.readouterr().err
     assert err.startswith("medgrid: error: a trial asks for") and err.count("\n") == 1, err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("medgrid")
-    assert client.search_runs([experiment.experiment_id]) == []
+    assert client.get_experiment_by_name("medgrid") is None  # not even the experiment
 
 
 def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
@@ -261,3 +261,48 @@ def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
     assert run.info.run_name == name and run.info.status == "FINISHED"
     history = MlflowClient(uri).get_metric_history(run.info.run_id, "val/acc")
     assert sorted(point.step for point in history) == [1, 2]
+
+
+# Starts the sweep's local Ray in a fresh interpreter (not this test process's Ray) and prints
+# how many worker processes it has after a while idle, then after one task.
+IDLE_WORKERS_PROBE = """
+import json, os, time
+import ray
+from pipeline import tune as tuning
+
+def processes():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = open(f"/proc/{pid}/cmdline").read().split(chr(0))
+            parent = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        yield pid, parent, args
+
+def workers(session):
+    # the raylet of this Ray starts the workers; its agents are no workers
+    raylets = {pid for pid, _, args in processes()
+               if args[0].endswith("/raylet") and any(session in a for a in args)}
+    return sum(parent in raylets and (args[0].startswith("ray::") or
+                                      any("default_worker.py" in a for a in args))
+               and not args[0].endswith(("DashboardAgent", "RuntimeEnvAgent"))
+               for _, parent, args in processes())
+
+tuning.init_ray(None, num_cpus=2)
+session = ray._private.worker._global_node.session_name
+time.sleep(4)
+idle = workers(session)
+ray.get(ray.remote(lambda: 1).remote())
+print(json.dumps({"idle": idle, "after_a_task": workers(session)}))
+tuning.shutdown_ray()
+"""
+
+
+def test_a_local_ray_starts_no_idle_workers_that_trials_would_not_use(tmp_path: Path) -> None:
+    """Ray starts a worker per CPU with the node, but Tune's trial actors carry a runtime_env
+    of their own and never take them: on a small machine those idle workers' start-up slowed
+    the first trials by seconds. The sweep's Ray starts workers only when something runs."""
+    done = subprocess.run([sys.executable, "-c", IDLE_WORKERS_PROBE], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["idle"] == 0 and seen["after_a_task"] >= 1, seen

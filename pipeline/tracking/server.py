@@ -44,6 +44,9 @@ _PR_SET_PDEATHSIG = 1
 # How long a user's server gets to answer before medgrid gives up: long enough for a blip,
 # short enough that a wrong URI fails in seconds rather than after MLflow's request retries.
 REMOTE_TIMEOUT_S = 5.0
+# uvicorn's words when the port was taken between `free_port()` and the server's bind.
+_ADDRESS_IN_USE = "address already in use"
+_PORT_TRIES = 3
 
 
 def _die_with_parent() -> None:
@@ -147,6 +150,7 @@ class LocalTrackingServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._logged_before = 0
 
     @property
     def pid(self) -> int | None:
@@ -156,10 +160,19 @@ class LocalTrackingServer:
     def start(self) -> str:
         """Start the server and return its URL once `/health` answers; a `UserError` with the
         server's own last error line if it exits first."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Check the store and start the server process without waiting for it: the driver
+        starts Ray meanwhile (`wait_ready` then waits for whatever start-up is left)."""
         check_sqlite_store(self.backend_uri)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         create_sqlite_schema(self.backend_uri, self.artifacts_dir)  # safe for two at once
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._spawn()
+
+    def _spawn(self) -> None:
         command = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", self.backend_uri,
@@ -172,31 +185,59 @@ class LocalTrackingServer:
         # training sweep never uses.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log_file, "ab") as log:
-            logged_before = log.tell()
+            self._logged_before = log.tell()
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # out of the terminal's process group: see the docstring
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run yet in the driver
+                # Called from the main thread: the death signal follows the thread that forks.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - the child only calls prctl
             )
-        process = self._process
-        try:
-            if wait_healthy(self.url, self.startup_timeout, lambda: process.poll() is None):
-                return self.url
-        except BaseException:  # e.g. Ctrl-C while it starts: `__exit__` will not run
+
+    def wait_ready(self) -> str:
+        """The server's URL once `/health` answers. The port was free when it was picked, but
+        Ray starts beside the server and may take it first: then the server is started again
+        on another port (a few times at most)."""
+        for _ in range(_PORT_TRIES):
+            process = self._process
+            assert process is not None, "launch() first"
+            try:
+                if wait_healthy(self.url, self.startup_timeout, lambda p=process: p.poll() is None):
+                    return self.url
+            except BaseException:  # e.g. Ctrl-C while it starts: `__exit__` will not run
+                self.stop()
+                raise
+            code = process.poll()
+            said = self._log_since_launch()
             self.stop()
-            raise
-        code = process.poll()
-        self.stop()
-        if code is not None:
-            with open(self.log_file, "rb") as log:
-                log.seek(logged_before)
-                said = last_error_line(log.read().decode(errors="replace"))
-            raise UserError(f"the local MLflow server over {self.backend_uri} exited at once "
-                            f"(code {code}){': ' + said if said else ''}; expected a store it "
-                            f"can open and write (see {self.log_file})")
+            if code is not None and _ADDRESS_IN_USE in said:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                self._spawn()
+                continue
+            if code is not None:
+                line = last_error_line(said)
+                raise UserError(f"the local MLflow server over {self.backend_uri} exited at "
+                                f"once (code {code}){': ' + line if line else ''}; expected a "
+                                f"store it can open and write (see {self.log_file})")
+            break
         raise UserError(f"the local MLflow server over {self.backend_uri} did not answer within "
                         f"{self.startup_timeout:.0f} s; expected a writable store (see "
                         f"{self.log_file})")
+
+    def _log_since_launch(self) -> str:
+        with open(self.log_file, "rb") as log:
+            log.seek(self._logged_before)
+            return log.read().decode(errors="replace")
+
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM to its process group) without waiting: `stop` then
+        waits, so the server winds down meanwhile (e.g. while Ray shuts down)."""
+        if self._process is None:
+            return
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
         """Stop the server and its worker processes (its whole process group: a uvicorn worker
@@ -204,10 +245,7 @@ class LocalTrackingServer:
         if self._process is None:
             return
         group = self._process.pid
-        try:
-            os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        self.terminate()
         try:
             self._process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -234,14 +272,35 @@ class LocalTrackingServer:
         self.stop()
 
 
+class PendingTracking:
+    """The sweep's tracking URI, possibly still starting: `uri()` waits for it."""
+
+    def __init__(self, uri: str, server: LocalTrackingServer | None = None) -> None:
+        self._uri, self._server, self._ready = uri, server, False
+
+    def uri(self) -> str:
+        """The HTTP tracking URI, once it answers (a private server's start-up awaited)."""
+        if self._server is not None and not self._ready:
+            self._uri = self._server.wait_ready()
+            self._ready = True
+        return self._uri
+
+    def release(self) -> None:
+        """Nothing will log any more: a private server starts stopping now (its context waits
+        for it at the end)."""
+        if self._server is not None:
+            self._server.terminate()
+
+
 @contextmanager
-def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]:
-    """An HTTP tracking URI for the sweep: the user's server, or a private one over a local store.
+def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[PendingTracking]:
+    """The sweep's tracking: the user's server, or a private one over a local store, launched
+    here and awaited by `uri()` (the driver starts Ray in between).
 
     A user's server is checked by `run_sweep` before the data is loaded.
     """
     if is_remote(uri):
-        yield uri.rstrip("/")
+        yield PendingTracking(uri.rstrip("/"))
         return
     backend = absolute_sqlite(uri)
     upgraded = upgrade_proxied_artifacts(backend, artifacts_dir)
@@ -249,5 +308,8 @@ def open_tracking(uri: str, artifacts_dir: Path, log_dir: Path) -> Iterator[str]
         print(f"[medgrid] {upgraded} runs and experiments of an older medgrid now record their "
               f"artifacts as file URIs under {artifacts_dir}/", flush=True)
     server = LocalTrackingServer(backend, artifacts_dir, log_dir / "mlflow-server.log")
-    with server:
-        yield server.url
+    server.launch()
+    try:
+        yield PendingTracking(server.url, server)
+    finally:
+        server.stop()
