@@ -34,6 +34,7 @@ from pipeline.config import Distribution, sampled_space
 from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals
+from pipeline.models import get_spec
 from pipeline.plan import (  # noqa: F401 - part of this module's interface
     ALSO_KEY,
     NAME_KEY,
@@ -126,6 +127,9 @@ class MedgridTrainable(tune.Trainable):
         # the sweep, so those lines would only mislead.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = TrackingClient(target.uri)
+        # matplotlib, for the figures every trial of this worker writes: imported once, before
+        # the first trial's run starts (so its run's time is the trial's, not the worker's).
+        import pipeline.artifacts  # noqa: F401
         self._begin(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -138,6 +142,7 @@ class MedgridTrainable(tune.Trainable):
     def _begin(self, config: dict[str, Any]) -> None:
         """The per-trial state: everything `setup` does that depends on the trial's config."""
         self.trial_config = self.plan.trial_config(config)
+        get_spec(self.trial_config.model).load_engine()  # once per worker: before the run
         self.also = self.plan.also(config)
         self.name = self.trial_name or self.plan.trial_name(config)  # Tune's, from RunNames
         self.session: TrialSession | None = None
@@ -205,7 +210,7 @@ class MedgridTrainable(tune.Trainable):
         if stopped:
             tags[names.STOPPED_EPOCH_TAG] = str(self.session.epoch)
         self.run.set_tags(tags)
-        from pipeline.artifacts import write_trial_artifacts  # matplotlib: workers only
+        from pipeline.artifacts import write_trial_artifacts  # matplotlib: workers only (setup)
 
         with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
             write_trial_artifacts(result, self.name, Path(tmp))

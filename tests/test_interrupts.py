@@ -66,7 +66,7 @@ def server_session(work: Path) -> int | None:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"server" in command and store.encode() in command:
+        if b"pipeline.tracking.serve" in command and store.encode() in command:
             return int(entry.name)
     return None
 

@@ -74,7 +74,7 @@ def test_options_a_model_fixes_are_refused_when_set_otherwise(name: str) -> None
 
 
 def test_the_trial_resources_come_from_the_spec() -> None:
-    from pipeline.tune import Resources  # imports ray, starts nothing
+    from pipeline.plan import Resources
 
     resources = Resources(cpus_per_trial=2.0, gpus_per_trial=0.5)
     assert resources.for_model("numpy_mlp") == {"CPU": 1.0}  # numpy: one CPU, no GPU
@@ -87,6 +87,17 @@ def test_reading_the_registry_never_imports_torch() -> None:
             "from pipeline.models import registry, get_spec; registry(); "
             "from pipeline.report.summary import not_applicable; not_applicable('torch_ffn'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_a_models_engine_loads_its_trainer_and_torch_only_for_torch_models(name: str) -> None:
+    """A worker imports a trial's engine before the trial's run starts; a numpy-only worker
+    must not pay for torch there."""
+    family = get_spec(name).family
+    code = (f"import sys; from pipeline.models import get_spec; get_spec({name!r}).load_engine(); "
+            f"assert 'pipeline.models.engines.{family}_models' in sys.modules; "
+            f"assert ('torch' in sys.modules) == {family == 'torch'}, 'torch imported or not'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -11,6 +11,7 @@ driver and the report, which must not pay for (or need) torch.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from pipeline.models.learner import Learner
 
 Family = Literal["numpy", "torch"]
+# The module that trains each family's models (imported by `ModelSpec.load_engine`).
+ENGINES: Mapping[str, str] = MappingProxyType({
+    "numpy": "pipeline.models.engines.numpy_models",
+    "torch": "pipeline.models.engines.torch_models",
+})
 LearnerFactory = Callable[["TrialConfig", "Splits"], "Learner"]
 # Builds a torch model's nn.Module from the config (torch imported inside, when called).
 ModuleFactory = Callable[["TrialConfig"], Any]
@@ -78,6 +84,12 @@ class ModelSpec:
         if not self.dtypes:
             raise ValueError(f"model spec {self.name}: no dtype")
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
+
+    def load_engine(self) -> None:
+        """Import the code that trains this model (for torch, torch itself: about a second).
+        A trial's worker calls it before the trial's run starts, so that a worker's start-up
+        is not counted as the first trial's time; a second call costs nothing."""
+        importlib.import_module(ENGINES[self.family])
 
     @property
     def not_applicable(self) -> tuple[str, ...]:

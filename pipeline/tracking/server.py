@@ -2,10 +2,10 @@
 its tracking URI: the user's server, checked, or a private one over the local store).
 
 SQLite takes one writer at a time, so parallel trials must not open `mlflow.db` themselves. The
-driver starts `mlflow server --workers 1` on a free loopback port over the same store; trials
-log metrics over HTTP, the single server process serialises the writes, and artifacts go straight
-to `file://` URIs under the store's artifact directory (the server listens on loopback only, so
-every trial runs on this machine).
+driver starts MLflow's server (one uvicorn process, `serve.py`) on a free loopback port over the
+same store; trials log metrics over HTTP, the single server process serialises the writes, and
+artifacts go straight to `file://` URIs under the store's artifact directory (the server listens
+on loopback only, so every trial runs on this machine).
 
 The server runs in a session of its own, so the terminal's Ctrl-C (SIGINT to the foreground
 process group) reaches the driver but not the server: the driver still needs it to close the
@@ -138,8 +138,8 @@ def last_error_line(log: str) -> str:
 
 
 class LocalTrackingServer:
-    """`mlflow server` over a local backend store, bound to loopback, in its own session,
-    stopped on exit."""
+    """MLflow's tracking server (`serve.py`) over a local backend store, bound to loopback, in
+    its own session, stopped on exit."""
 
     def __init__(self, backend_uri: str, artifacts_dir: Path, log_file: Path,
                  startup_timeout: float = 90.0) -> None:
@@ -173,21 +173,16 @@ class LocalTrackingServer:
         self._spawn()
 
     def _spawn(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_uri,
-            # Plain file URIs, no artifact proxy: trials on this machine write the files
-            # straight into ./mlruns, and every MLflow tool reads them (see tracking_store).
-            "--default-artifact-root", artifact_root(self.artifacts_dir), "--no-serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]
-        # The job runner (MLflow's background GenAI jobs) forks several 200 MB workers that a
-        # training sweep never uses.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # MLflow's app under uvicorn in one process (`serve.py`: what `mlflow server --workers 1
+        # --no-serve-artifacts` runs, without its first process); plain file artifact URIs, so
+        # trials on this machine write the files straight into ./mlruns and every MLflow tool
+        # reads them (see tracking/store.py).
+        command = [sys.executable, "-m", "pipeline.tracking.serve", self.backend_uri,
+                   artifact_root(self.artifacts_dir), str(self.port)]
         with open(self.log_file, "ab") as log:
             self._logged_before = log.tell()
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                command, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # out of the terminal's process group: see the docstring
                 # Called from the main thread: the death signal follows the thread that forks.
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - the child only calls prctl
