@@ -1,5 +1,6 @@
 """SIGINT and SIGTERM while a sweep runs: the first asks the sweep to stop cleanly, the second
-forces the exit, a third ends the process at once.
+forces the exit (Tune's stop is not waited for; the runs are still closed), a third ends the
+process at once.
 
 Stopping cleanly means letting Tune save its experiment state and stop the trials, then closing
 the MLflow runs that did not finish as KILLED and shutting down Ray and the private tracking
@@ -43,6 +44,9 @@ class StopSignals:
         self.count = 0
         self.graceful: Callable[[], bool] | None = None  # True if it took the stop request
         self.cause = ""  # set by `stop_for` when medgrid itself stops the sweep
+        # Set once the sweep is closing its runs and shutting down: a second signal then has
+        # nothing left to skip, and raising it would cut that short (runs left RUNNING).
+        self.closing = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -50,6 +54,8 @@ class StopSignals:
             self.signum = signum
         if self.count >= 3:  # the cleanup itself hangs: the user has asked three times
             os._exit(128 + signum)
+        if self.closing:
+            return
         if self.count == 1 and self.graceful is not None and self.graceful():
             return
         raise SweepInterrupted(self.signum, cause=self.cause)

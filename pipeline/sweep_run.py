@@ -83,6 +83,7 @@ def run(sweep: StartedSweep, make_session: SessionFactory = TrialSession) -> int
     finally:
         # Every run is closed by now (`_drive` closes them, also when stopped): the server
         # winds down while Ray shuts down, and its context awaits it last.
+        stops.closing = stops.received  # a second signal while a stopped sweep shuts down
         sweep.tracking.release()
         if started_ray:
             tuning.shutdown_ray()
@@ -123,6 +124,7 @@ def _drive(client: TrackingClient, experiment_id: str, parent_id: str, ray_path:
         if any(o.status == UNFINISHED for o in outcomes):
             raise RuntimeError("Ray Tune returned with trials that never ran")
     except BaseException as error:
+        stops.closing = True  # a second Ctrl-C must not cut the closing of the runs short
         finished, closed = tracking.close_interrupted_sweep(client, experiment_id, parent_id)
         if isinstance(error, SweepInterrupted):
             error.detail = (f"{finished} of {plan.n_trials} trials finished, {closed} "

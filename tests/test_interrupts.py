@@ -178,21 +178,36 @@ def assert_loopback_only(sweep: Sweep) -> None:
     assert [x for x in sweep.listeners if not x.loopback] == []
 
 
-@pytest.mark.parametrize("how", ["Ctrl-C mid-epoch", "SIGINT to the driver at a trial start"])
+# How the signal is sent: (to the whole process group as a terminal's Ctrl-C does, or to the
+# driver alone as `kill` does), when (a trial has just started, or is mid-epoch), which signal,
+# how many times (a second one forces the exit), and the exit code expected.
+STOPS = {
+    "Ctrl-C mid-epoch": ("group", mid_trial, signal.SIGINT, 1, 130),
+    "Ctrl-C at a trial start": ("group", trial_started, signal.SIGINT, 1, 130),
+    "SIGINT to the driver at a trial start": ("driver", trial_started, signal.SIGINT, 1, 130),
+    "SIGTERM to the driver mid-epoch": ("driver", mid_trial, signal.SIGTERM, 1, 143),
+    "Ctrl-C twice mid-epoch": ("group", mid_trial, signal.SIGINT, 2, 130),
+}
+
+
+@pytest.mark.parametrize("how", STOPS)
 def test_a_signal_stops_the_sweep_and_closes_everything(
         how: str, tmp_path: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
+    to, when, signum, times, expected_code = STOPS[how]
     (tmp_path / "space.yaml").write_text(SPACE)
     sweep = Sweep(tmp_path, small_npz)
     sweeps.append(sweep)
-    if how.startswith("Ctrl-C"):  # a terminal sends SIGINT to the whole foreground group
-        sweep.wait_for(lambda: mid_trial(tmp_path))
+    sweep.wait_for(lambda: when(tmp_path))
+    if how == "Ctrl-C mid-epoch":
         assert_loopback_only(sweep)  # item 4, while every part of the sweep is up
-        os.killpg(sweep.driver.pid, signal.SIGINT)
-    else:
-        sweep.wait_for(lambda: trial_started(tmp_path))
-        os.kill(sweep.driver.pid, signal.SIGINT)
+    for _ in range(times):
+        if to == "group":  # a terminal sends SIGINT to the whole foreground group
+            os.killpg(sweep.driver.pid, signum)
+        else:
+            os.kill(sweep.driver.pid, signum)
+        time.sleep(0.3)
     code, _, err = sweep.finish()
-    assert_stopped(sweep, code, err, "SIGINT", 130)
+    assert_stopped(sweep, code, err, signal.Signals(signum).name, expected_code)
 
 
 def test_resume_refuses_an_edited_space_and_resumes_the_original(
@@ -258,7 +273,8 @@ def test_a_disk_filling_up_stops_the_sweep_with_its_runs_closed(
         small_disk: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
     """Another process fills the disk mid-sweep: the sweep stops within a minute, while there is
     room to close its runs, says so in one line, and can be resumed once space is freed."""
-    (small_disk / "space.yaml").write_text(SPACE)
+    # Trials long enough that the sweep is still running when the disk watch next looks.
+    (small_disk / "space.yaml").write_text(SPACE.replace("epochs: 12", "epochs: 200"))
     sweep = Sweep(small_disk, small_npz)
     sweeps.append(sweep)
     sweep.wait_for(lambda: trial_started(small_disk))
