@@ -9,8 +9,10 @@ import signal
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from cluster_fixtures import POSTGRES_URL, require_postgres
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
@@ -18,6 +20,7 @@ from pipeline.errors import UserError
 from pipeline.process_session import session_pids
 from pipeline.tracking.server import (
     LocalTrackingServer,
+    check_database_store,
     check_sqlite_store,
     free_port,
     is_remote,
@@ -100,6 +103,48 @@ def test_a_store_that_cannot_be_opened_fails_at_once_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("medgrid: error: ") and err.count("\n") == 1, err
     assert said in err and uri in err
+
+
+def _database_uri(database: str) -> str:
+    """The test PostgreSQL's URI (cluster_fixtures), with psycopg2 named, for `database`."""
+    return urlsplit(POSTGRES_URL)._replace(scheme="postgresql+psycopg2",
+                                           path=f"/{database}").geturl()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("store, said", [
+    ("no server", "Connection refused"),
+    ("no driver", "no database driver for it (No module named 'psycopg')"),
+])
+def test_a_database_store_that_cannot_be_opened_is_one_line_in_seconds(
+        store: str, said: str) -> None:
+    port = free_port()  # nothing listens there
+    uri = {"no server": f"postgresql+psycopg2://medgrid:secret@127.0.0.1:{port}/runs",
+           "no driver": f"postgresql://medgrid:secret@127.0.0.1:{port}/runs"}[store]
+    started = time.monotonic()
+    with pytest.raises(UserError) as refused:
+        check_database_store(uri)
+    assert time.monotonic() - started < 30  # MLflow's own server retries for minutes
+    message = str(refused.value)
+    assert said in message and "\n" not in message
+    assert "secret" not in message and "medgrid:***@" in message
+
+
+@pytest.mark.slow
+def test_a_postgresql_database_that_does_not_exist_fails_at_once_in_one_line(
+        tmp_path: Path, tiny_npz: Path, capsys, monkeypatch) -> None:
+    """MLflow's server retried such a store with back-off: 90 s before medgrid gave up."""
+    require_postgres()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(SPACE)
+    uri = _database_uri("medgrid_no_such_database")
+    started = time.monotonic()
+    assert main(["tune", "s.yaml", "--data", str(tiny_npz), "--tracking-uri", uri]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert err.startswith("medgrid: error: ") and err.count("\n") == 1, err
+    assert 'database "medgrid_no_such_database" does not exist' in err
+    assert not (tmp_path / "ray_results").exists() or not any((tmp_path / "ray_results").iterdir())
 
 
 @pytest.mark.fast

@@ -201,17 +201,17 @@ def test_raising_trial_fails_in_mlflow_is_retried_and_the_sweep_goes_on(
         assert parent.info.status == "FAILED"
 
 
+@pytest.mark.parametrize("asked", [("--gpus-per-trial", "1"), ("--cpus-per-trial", "5")])
 def test_resources_no_node_has_are_refused_before_the_parent_run_exists(
-        tmp_path: Path, tiny_npz: Path, capsys, monkeypatch) -> None:
-    """The refusal comes before any run is created, so nothing is left RUNNING in MLflow
-    (`--cpus-per-trial` beyond a node's CPUs takes the same path)."""
+        asked: tuple[str, str], tmp_path: Path, tiny_npz: Path, capsys, monkeypatch) -> None:
+    """The refusal comes before any run is created, so nothing is left RUNNING in MLflow."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.yaml").write_text(SWEEP["net.yaml"])
     # A 2-CPU machine without GPUs, as Ray would report it (no need to start one)
     monkeypatch.setattr(tuning, "init_ray", lambda *args: False)
     monkeypatch.setattr(tuning.ray, "nodes", lambda: [{"Alive": True,
                                                        "Resources": {"CPU": 2.0}}])
-    assert main(["tune", "net.yaml", "--data", str(tiny_npz), "--gpus-per-trial", "1"]) == 2
+    assert main(["tune", "net.yaml", "--data", str(tiny_npz), *asked]) == 2
     err = capsys.readouterr().err
     assert err.startswith("medgrid: error: a trial asks for") and err.count("\n") == 1, err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

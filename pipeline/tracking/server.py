@@ -122,6 +122,43 @@ def check_sqlite_store(uri: str) -> None:
                         "expected a writable directory") from None
 
 
+# Database servers MLflow stores runs in (SQLAlchemy URI schemes, `postgresql+psycopg2` too),
+# whose drivers take a connect timeout in seconds.
+_DATABASE_SCHEMES = ("postgresql", "mysql")
+DATABASE_TIMEOUT_S = 5
+
+
+def check_database_store(uri: str) -> None:
+    """Refuse a database store that cannot be opened (no such database, wrong password, no
+    server), in one line and within seconds: MLflow's server retries it with back-off for
+    minutes. The password never appears in the message."""
+    if uri.split(":", 1)[0].split("+", 1)[0] not in _DATABASE_SCHEMES:
+        return
+    import sqlalchemy  # a second of imports, for database stores only
+
+    shown = uri
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+        shown = url.render_as_string(hide_password=True)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool,
+                                          connect_args={"connect_timeout": DATABASE_TIMEOUT_S})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as exc:  # e.g. a bare postgresql:// means psycopg 3 to SQLAlchemy 2.1
+        raise UserError(f"--tracking-uri {shown}: no database driver for it ({exc}); expected "
+                        "an installed driver named in the URI, e.g. postgresql+psycopg2://"
+                        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        said = " ".join(str(cause).split())
+        if len(said) > 240:
+            said = said[:240] + "..."
+        raise UserError(f"--tracking-uri {shown}: cannot open the database ({said}); expected a "
+                        "database that exists and that this user may open (e.g. created with "
+                        "createdb)") from None
+
+
 # The line of a Python traceback that names the error, e.g. "mlflow.exceptions.X: message".
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception)):\s*(.*)$")
 
@@ -167,6 +204,7 @@ class LocalTrackingServer:
         """Check the store and start the server process without waiting for it: the driver
         starts Ray meanwhile (`wait_ready` then waits for whatever start-up is left)."""
         check_sqlite_store(self.backend_uri)
+        check_database_store(self.backend_uri)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         create_sqlite_schema(self.backend_uri, self.artifacts_dir)  # safe for two at once
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
