@@ -127,14 +127,19 @@ def _drive(client: TrackingClient, experiment_id: str, parent_id: str, ray_path:
         stops.closing = True  # a second Ctrl-C must not cut the closing of the runs short
         finished, closed = tracking.close_interrupted_sweep(client, experiment_id, parent_id)
         if isinstance(error, SweepInterrupted):
-            error.detail = (f"{finished} of {plan.n_trials} trials finished, {closed} "
-                            "interrupted runs closed as KILLED")
+            error.detail = (f"{finished} of {plan.n_trials} trials finished, "
+                            f"{_runs(closed, 'interrupted run')} closed as KILLED")
         raise
     failed = [o for o in outcomes if o.status != "TERMINATED"]
     _log_summary(client, parent_id, outcomes, time.monotonic() - started)
     client.end_run(parent_id, names.FAILED if failed else names.FINISHED)
     _print_summary(outcomes, parent_id)
     return 1 if failed else 0
+
+
+def _runs(count: int, what: str) -> str:
+    """'1 interrupted run', '2 interrupted runs'."""
+    return f"{count} {what}{'' if count == 1 else 's'}"
 
 
 def _log_summary(client: TrackingClient, parent_id: str, outcomes: list[TrialOutcome],
@@ -258,7 +263,7 @@ def _reopen_parent(client: TrackingClient, experiment_id: str, sweep_name: str,
     client.reopen_run(parent.run_id)
     tracking.claim_sweep_run(client, parent.run_id)
     print(f"[medgrid] resuming sweep run {parent.run_id} from {ray_path} "
-          f"({closed} interrupted runs closed as KILLED)", flush=True)
+          f"({_runs(closed, 'interrupted run')} closed as KILLED)", flush=True)
     return parent.run_id, ray_path
 
 
