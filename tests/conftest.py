@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -90,11 +92,26 @@ def small_sweep_store(work: Path, drop: dict[str, str] | None = None) -> str:
     return uri
 
 
+def _has_runs(db: Path) -> bool:
+    """Whether the SQLite store `db` holds a run yet (read-only; so its tables are complete)."""
+    if not db.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+            return conn.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # no tables yet, or being created
+        return False
+
+
 def trial_runs(db: Path, experiment: str = "medgrid") -> list:
     """The trial runs of `experiment` in the SQLite store `db`, read straight from the store
     with MLflow's own client (not through medgrid), as MLflow's run objects."""
     from mlflow.tracking import MlflowClient
 
+    if not _has_runs(db):
+        # MLflow's client would create the store's tables here, racing the sweep's own
+        # creation of them (its server then fails to migrate the half-made schema).
+        return []
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
