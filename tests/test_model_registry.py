@@ -24,6 +24,8 @@ from pipeline.models.spec import OPTIONS, ModelSpec, Reference
 from pipeline.report.reference import model_reference_notes
 from pipeline.train import fit
 
+pytestmark = pytest.mark.fast  # no Ray, no MLflow server: part of `make test-fast`
+
 HOMEWORK = {"numpy_perceptron", "numpy_logreg", "numpy_mlp", "torch_logreg", "torch_ffn"}
 # A value of each option that differs from TrialConfig's default.
 OTHER_VALUE = {"batch_size": 7, "hidden_size": 13, "layers": 2, "activation": "tanh",
