@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -71,6 +73,30 @@ def test_two_servers_started_at_once_on_a_new_store_both_serve_it(tmp_path: Path
 
 
 SPACE = "name: s\nmodel: numpy_logreg\nparams: {epochs: 1, learning_rate: 0.01}\n"
+
+
+@pytest.mark.slow
+def test_an_mlflow_without_its_fastapi_app_is_served_by_its_own_command(tmp_path: Path) -> None:
+    """`serve.py` needs MLflow's FastAPI app and server constants; an MLflow without them (an
+    older 3.x) still gets a working private server: its own `mlflow server` command."""
+    port = free_port()
+    blocked = ("import sys, runpy; sys.modules['mlflow.server.fastapi_app'] = None; "
+               f"sys.argv = ['serve', 'sqlite:///{tmp_path / 'mlflow.db'}', "
+               f"'file://{tmp_path / 'mlruns'}', '{port}']; "
+               "runpy.run_module('pipeline.tracking.serve', run_name='__main__')")
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-c", blocked], stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_healthy(f"http://127.0.0.1:{port}", 90, lambda: server.poll() is None), \
+            (tmp_path / "server.log").read_text()
+        with open(f"/proc/{server.pid}/cmdline", "rb") as cmdline:
+            assert b"mlflow\0server" in cmdline.read()  # the same process, now `mlflow server`
+        experiments = MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
+        assert [e.name for e in experiments] == ["Default"]
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 @pytest.mark.slow
