@@ -35,14 +35,7 @@ from pipeline.data import Splits
 from pipeline.errors import UserError
 from pipeline.interrupts import StopSignals
 from pipeline.models import get_spec
-from pipeline.plan import (  # noqa: F401 - part of this module's interface
-    ALSO_KEY,
-    NAME_KEY,
-    UNFINISHED,
-    Resources,
-    SweepPlan,
-    TrialOutcome,
-)
+from pipeline.plan import UNFINISHED, Resources, SweepPlan, TrialOutcome
 from pipeline.progress import SweepProgress
 from pipeline.tracking import names
 from pipeline.tracking.client import TrackingClient

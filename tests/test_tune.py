@@ -18,6 +18,7 @@ from pipeline import tune as tuning
 from pipeline.cli import main
 from pipeline.config import TrialConfig
 from pipeline.data import Splits
+from pipeline.plan import NAME_KEY
 from pipeline.sweep import SweepOptions, run_sweep
 from pipeline.tracking.server import LocalTrackingServer
 from pipeline.trial import TrialCheckpoint, TrialSession
@@ -240,7 +241,7 @@ def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
     experiment = runs.ensure_experiment(client, "medgrid")
     target = tuning.TrackingTarget(uri, experiment,
                                    runs.start_sweep_run(client, experiment, "one", {}, {}))
-    name = str(plan.points[0][tuning.NAME_KEY])
+    name = str(plan.points[0][NAME_KEY])
 
     class Direct(tuning.MedgridTrainable):
         def setup(self, config: dict) -> None:
