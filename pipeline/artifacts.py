@@ -2,6 +2,9 @@
 and which validation images it got right.
 
 Written to a local directory first (then uploaded by tracking), so nothing here knows MLflow.
+The data files (`write_trial_files`) need no matplotlib; the figures (`write_trial_figures`)
+import it on first use, so a trial's worker can render them after the trial has reported
+(`pipeline.figures`) without paying matplotlib's import before its first epoch.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.plots import CLASS_NAMES, plot_confusion, plot_curves
+from pipeline.data import CLASS_NAMES
 from pipeline.trial import TrialResult
+
+FIGURE_NAMES = ("curves.png", "confusion_matrix.png")
 
 
 def history_rows(result: TrialResult) -> list[dict[str, float]]:
@@ -21,16 +26,14 @@ def history_rows(result: TrialResult) -> list[dict[str, float]]:
     return [{"epoch": r.epoch, **r.metrics} for r in result.history]
 
 
-def write_trial_artifacts(result: TrialResult, title: str, out_dir: Path) -> list[Path]:
-    """Write every artifact of a trial into `out_dir` and return their paths."""
+def write_trial_files(result: TrialResult, out_dir: Path) -> list[Path]:
+    """Write a trial's data artifacts (history, config, weights, confusion counts, validation
+    correctness) into `out_dir` and return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = history_rows(result)
     paths = [out_dir / "history.csv", out_dir / "config.yaml", out_dir / "weights.npz"]
-    pd.DataFrame(rows).to_csv(paths[0], index=False)
+    pd.DataFrame(history_rows(result)).to_csv(paths[0], index=False)
     paths[1].write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False))
     np.savez(paths[2], **result.weights)
-    if rows:
-        paths.append(plot_curves(rows, title, out_dir / "curves.png"))
     if result.diverged:  # NaN weights: their predictions would be numbers nobody measured
         return paths
     n = result.confusion.shape[0]
@@ -38,11 +41,28 @@ def write_trial_artifacts(result: TrialResult, title: str, out_dir: Path) -> lis
     paths.append(out_dir / "confusion_matrix.csv")
     pd.DataFrame(result.confusion, index=pd.Index(names, name="true"),
                  columns=names).to_csv(paths[-1])
-    paths.append(plot_confusion(result.confusion, f"{title}: test set",
-                                out_dir / "confusion_matrix.png"))
     if result.val_correct is not None:
         # Which validation images the final model got right, in split order (the report's
         # paired tests); read it with np.load(allow_pickle=False).
         paths.append(out_dir / "val_correct.npy")
         np.save(paths[-1], np.asarray(result.val_correct, dtype=bool), allow_pickle=False)
     return paths
+
+
+def write_trial_figures(result: TrialResult, title: str, out_dir: Path) -> list[Path]:
+    """Render a trial's figures (learning curves; the test confusion matrix unless it
+    diverged) into `out_dir` and return their paths."""
+    from pipeline.plots import plot_confusion, plot_curves  # matplotlib: seconds, on first use
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = history_rows(result)
+    paths = [plot_curves(rows, title, out_dir / FIGURE_NAMES[0])] if rows else []
+    if not result.diverged:
+        paths.append(plot_confusion(result.confusion, f"{title}: test set",
+                                    out_dir / FIGURE_NAMES[1]))
+    return paths
+
+
+def write_trial_artifacts(result: TrialResult, title: str, out_dir: Path) -> list[Path]:
+    """Every artifact of a trial, data files and figures, into `out_dir`."""
+    return write_trial_files(result, out_dir) + write_trial_figures(result, title, out_dir)

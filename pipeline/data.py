@@ -19,6 +19,7 @@ from pipeline import data_source
 from pipeline.errors import UserError
 
 N_CLASSES = 4
+CLASS_NAMES = ("CNV", "DME", "drusen", "normal")  # OCTMNIST's labels 0-3
 N_FEATURES = 28 * 28
 # Synthetic files say so in their zip comment (np.load ignores it; the arrays stay MedMNIST's).
 SYNTHETIC_MARKER = b"medgrid synthetic OCTMNIST-format data"

@@ -1,6 +1,8 @@
-"""matplotlib figures: a trial's curves and confusion matrix (and, later, the report's figures).
+"""matplotlib figures: a trial's curves and confusion matrix (and, through `plt`, the report's).
 
-Uses the Agg backend: figures are files, never windows (trials run headless on any node).
+Uses the Agg backend: figures are files, never windows (trials run headless on any node). A
+trial's figures are drawn on `Figure` objects of their own, not through pyplot's global figure
+list, because a worker renders them in a background thread (`pipeline.figures`).
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402,F401 - the report's figures use pyplot
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-CLASS_NAMES = ("CNV", "DME", "drusen", "normal")
+from pipeline.data import CLASS_NAMES  # noqa: E402
 
 
 def plot_curves(history: Sequence[dict[str, float]], title: str, out: Path) -> Path:
     """Accuracy and loss per epoch side by side, like the homework report's figures."""
     epochs = [int(h["epoch"]) for h in history]
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    acc_ax, loss_ax = fig.subplots(1, 2)
     for key, label in (("train/acc", "train"), ("val/acc", "validation")):
         acc_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker=".", label=label)
     for key, label in (("train/loss", "train"), ("val/loss", "validation")):
@@ -33,13 +37,13 @@ def plot_curves(history: Sequence[dict[str, float]], title: str, out: Path) -> P
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
 def plot_confusion(matrix: np.ndarray, title: str, out: Path) -> Path:
     """Confusion matrix counts (rows: true class, columns: predicted)."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    fig = Figure(figsize=(4.6, 4.0))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     n = matrix.shape[0]
     ticks = range(n)
@@ -54,5 +58,4 @@ def plot_confusion(matrix: np.ndarray, title: str, out: Path) -> Path:
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -30,9 +30,11 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from pipeline.artifacts import write_trial_files
 from pipeline.config import Distribution, sampled_space
 from pipeline.data import Splits
 from pipeline.errors import UserError
+from pipeline.figures import FigureQueue
 from pipeline.interrupts import StopSignals
 from pipeline.models import get_spec
 from pipeline.plan import UNFINISHED, Resources, SweepPlan, TrialOutcome
@@ -114,21 +116,22 @@ class MedgridTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], data: Splits, plan: SweepPlan,
               target: TrackingTarget, make_session: SessionFactory) -> None:
+        # Each finished trial's figures are drawn in the background while the next one trains
+        # (matplotlib is imported there, on first use: not before this worker's first epoch).
+        self.figures = FigureQueue()
         self.data, self.plan, self.target, self.make_session = data, plan, target, make_session
         os.environ.update(target.credentials)  # MlflowClient reads them from the environment
         # MLflow prints a "View run at <url>" line per run; the private server's URL dies with
         # the sweep, so those lines would only mislead.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = TrackingClient(target.uri)
-        # matplotlib, for the figures every trial of this worker writes: imported once, before
-        # the first trial's run starts (so its run's time is the trial's, not the worker's).
-        import pipeline.artifacts  # noqa: F401
         self._begin(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """Tune reuses this actor (its process, imports and data) for the next trial: the
-        previous trial is closed as `cleanup` would close it, then the new one begins."""
-        self.cleanup()
+        previous trial is closed as `cleanup` would close it, then the new one begins (the
+        previous trial's figures may still be drawing: they are not waited for here)."""
+        self._end_trial()
         self._begin(new_config)
         return True
 
@@ -203,13 +206,12 @@ class MedgridTrainable(tune.Trainable):
         if stopped:
             tags[names.STOPPED_EPOCH_TAG] = str(self.session.epoch)
         self.run.set_tags(tags)
-        from pipeline.artifacts import write_trial_artifacts  # matplotlib: workers only (setup)
-
         with tempfile.TemporaryDirectory(prefix="medgrid-artifacts-") as tmp:
-            write_trial_artifacts(result, self.name, Path(tmp))
+            write_trial_files(result, Path(tmp))
             self.run.log_artifacts(Path(tmp))
         self.run.finish()
         self.closed = True
+        self.figures.submit(result, self.name, self.run)  # after Tune has the result
         return {names.TEST_ACC: result.test_acc}
 
     def _fail(self, error: BaseException) -> None:
@@ -246,9 +248,17 @@ class MedgridTrainable(tune.Trainable):
         actor tasks in order, so this arrives before `stop` or `reset`). The run is closed
         here, at once: a reused actor may wait a long while before Tune resets or stops it."""
         self.stop_requested = True
-        self.cleanup()
+        self._end_trial()
 
     def cleanup(self) -> None:
+        """The actor stops (Tune awaits this): the current trial is closed as `_end_trial`
+        says, and the figures still being drawn are waited for."""
+        try:
+            self._end_trial()
+        finally:
+            self.figures.drain()
+
+    def _end_trial(self) -> None:
         """A trial stopped early by the scheduler ends FINISHED with its test accuracy and
         artifacts, tagged with the epoch it reached. Any other stop from outside (the driver
         interrupted) leaves the run RUNNING: it is continued by `--resume` or closed KILLED."""

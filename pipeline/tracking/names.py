@@ -29,6 +29,7 @@ KEY_TAG = "medgrid.trial_key"
 ATTEMPT_TAG = "medgrid.attempt"
 ERROR_TAG = "medgrid.error"
 PREVIOUS_ERROR_TAG = "medgrid.previous_error"
+FIGURES_ERROR_TAG = "medgrid.figures_error"  # a finished trial whose figures could not be made
 ALSO_TAG = "medgrid.also"  # JSON {study: run name}: other studies this trial's training serves
 STUDY_TAG = "study"
 SEED_TAG = "seed"

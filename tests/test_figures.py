@@ -1,0 +1,135 @@
+"""A trial's figures are drawn after it reports: its run ends FINISHED with its metrics and data
+files first, the figures follow from a background thread of the worker, and a worker that stops
+waits for them. The trainable is driven here as Tune drives it (setup, step, cleanup) over a real
+MLflow store; a fresh interpreter shows that matplotlib is not imported before the first epoch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from pipeline import figures
+from pipeline import tune as tuning
+from pipeline.data import Splits
+from pipeline.plan import NAME_KEY
+from pipeline.sweep import SweepOptions, plan_sweep
+from pipeline.tracking import runs
+from pipeline.tracking.client import TrackingClient
+from pipeline.tracking.names import FIGURES_ERROR_TAG
+from pipeline.trial import TrialSession
+
+pytestmark = pytest.mark.slow
+
+DATA_FILES = {"history.csv", "config.yaml", "weights.npz", "confusion_matrix.csv",
+              "val_correct.npy"}
+FIGURES = {"curves.png", "confusion_matrix.png"}
+SPACE = "name: one\nmodel: numpy_logreg\nparams: {epochs: %d, learning_rate: 0.01}\n"
+
+
+def trainable(work: Path, splits: Splits, epochs: int = 1
+              ) -> tuple[tuning.MedgridTrainable, MlflowClient]:
+    """A trial's trainable as Tune builds it, logging to a SQLite store in `work`."""
+    from ray.tune.result import TRIAL_INFO
+
+    if not ray.is_initialized():  # the trial tags its Ray node
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    (work / "one.yaml").write_text(SPACE % epochs)
+    plan = plan_sweep(work / "one.yaml", SweepOptions()).plan
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = TrackingClient(uri)
+    experiment = runs.ensure_experiment(client, "medgrid")
+    target = tuning.TrackingTarget(uri, experiment,
+                                   runs.start_sweep_run(client, experiment, "one", {}, {}))
+
+    class Direct(tuning.MedgridTrainable):
+        def setup(self, config: dict[str, Any]) -> None:
+            super().setup(config, splits, plan, target, TrialSession)
+
+    info = type("Info", (), {"trial_name": str(plan.points[0][NAME_KEY]), "trial_id": "t0"})()
+    return Direct({**plan.points[0], TRIAL_INFO: info}), MlflowClient(uri)
+
+
+def only_run(client: MlflowClient) -> Any:
+    experiment = client.get_experiment_by_name("medgrid")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`medgrid.kind` = 'trial'")
+    return run
+
+
+def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_the_run_finishes_before_its_figures_and_a_stopping_worker_waits_for_them(
+        tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    release, drawing = threading.Event(), threading.Event()
+    real = figures.write_trial_figures
+
+    def held(*args: Any) -> list[Path]:  # the figures take as long as the test says
+        drawing.set()
+        assert release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(figures, "write_trial_figures", held)
+    trial, client = trainable(tmp_path, tiny_splits)
+    assert trial.step()["done"]  # the trial has reported to Tune
+    assert drawing.wait(30)  # ... and its figures are being drawn, in another thread
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert "test/acc" in run.data.metrics
+    assert artifact_names(client, run.info.run_id) == DATA_FILES  # no figure yet
+    release.set()
+    trial.cleanup()  # Tune stops the actor: the figures in progress are waited for
+    assert artifact_names(client, run.info.run_id) == DATA_FILES | FIGURES
+    assert FIGURES_ERROR_TAG not in only_run(client).data.tags
+
+
+def test_figures_that_fail_cost_the_figures_only_and_say_why_on_the_run(
+        tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> list[Path]:
+        raise RuntimeError("no font cache\nsecond line")
+
+    monkeypatch.setattr(figures, "write_trial_figures", broken)
+    trial, client = trainable(tmp_path, tiny_splits)
+    assert trial.step()["done"]
+    trial.cleanup()
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert artifact_names(client, run.info.run_id) == DATA_FILES
+    assert run.data.tags[FIGURES_ERROR_TAG] == "RuntimeError: no font cache"
+
+
+# A worker's life in a fresh interpreter: matplotlib must stay unimported through setup and the
+# first trial's training (it costs every worker a fraction of a second before its first epoch),
+# and be there once the figures are drawn.
+WORKER = """
+import json, sys
+from pathlib import Path
+from pipeline.data import load_splits
+from tests.test_figures import trainable
+trial, client = trainable(Path(sys.argv[1]), load_splits(Path(sys.argv[2])), epochs=2)
+seen = {"after_setup": "matplotlib" in sys.modules}
+trial.step()
+seen["after_first_epoch"] = "matplotlib" in sys.modules
+assert trial.step()["done"]
+trial.cleanup()
+seen["after_stop"] = "matplotlib" in sys.modules
+print(json.dumps(seen))
+"""
+
+
+def test_a_worker_imports_matplotlib_only_to_draw_figures(tmp_path: Path,
+                                                          tiny_npz: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path), str(tiny_npz)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"after_setup": False, "after_first_epoch": False, "after_stop": True}
