@@ -116,13 +116,24 @@ def _drive(client: TrackingClient, experiment_id: str, parent_id: str, ray_path:
     launch = tuning.LaunchOptions(options.storage.resolve(), Path(ray_path).name,
                                   options.max_concurrent, options.max_failures, options.verbose)
     try:
-        if options.resume:
+        broken = tuning.unreadable_state(ray_path) if options.resume else None
+        if broken:
+            # Tune would give up on its state and start a one-sample experiment: start the
+            # sweep afresh instead. Its seeded searcher draws the same trials again.
+            print(f"[medgrid] NOTE: Ray's saved state of this sweep cannot be read ({broken}); "
+                  "the sweep was killed while Ray was writing it. Its trials start again in "
+                  "Ray Tune: those finished in MLflow are kept as they are, the others train "
+                  "from their first epoch.", flush=True)
+        if options.resume and not broken:
             outcomes = tuning.restore(trainable, plan, ray_path, launch, stops)
         else:
             outcomes = tuning.launch(trainable, plan, launch, stops)
         stops.raise_if_received()  # Tune stopped the trials at our request: not a finished sweep
         if any(o.status == UNFINISHED for o in outcomes):
             raise RuntimeError("Ray Tune returned with trials that never ran")
+        if len(outcomes) < plan.n_trials:
+            raise RuntimeError(f"Ray Tune returned {len(outcomes)} of the sweep's "
+                               f"{plan.n_trials} trials (a restore it could not complete?)")
     except BaseException as error:
         stops.closing = True  # a second Ctrl-C must not cut the closing of the runs short
         finished, closed = tracking.close_interrupted_sweep(client, experiment_id, parent_id)

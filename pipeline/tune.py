@@ -544,12 +544,33 @@ def _trial_dirname(plan: SweepPlan, trial: Any) -> str:
 def restore(trainable: Any, plan: SweepPlan, experiment_path: str,
             options: LaunchOptions, stops: StopSignals | None = None) -> list[TrialOutcome]:
     """Continue a sweep whose driver died: finished trials stay done, unfinished ones continue
-    from their last checkpoint, and a searcher's state (what it sampled) is restored."""
+    from their last checkpoint, and a searcher's state (what it sampled) is restored.
+
+    Tune does not keep the param space with its saved state, and when that state cannot be
+    read (`unreadable_state`) it starts the experiment again from the param space it is given
+    here: the same seeded searcher draws the same trials, whose finished MLflow runs are
+    replayed, not trained again. Without it, Tune would start over from an empty space."""
     tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                               resume_errored=True, restart_errored=False)
+                               resume_errored=True, restart_errored=False,
+                               param_space=param_space(plan))
     with _stoppable(stops):
         results = tuner.fit()
     return _outcomes(results, plan)
+
+
+def unreadable_state(experiment_path: str) -> str | None:
+    """Why Tune's newest saved state of the sweep at `experiment_path` cannot be read, or None.
+
+    Tune writes `experiment_state-*.json` in place, so a driver killed while writing it leaves
+    the file cut short; Tune then gives up restoring and starts the experiment again."""
+    states = sorted(Path(experiment_path).glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        json.loads(states[-1].read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"{states[-1].name}: {type(error).__name__}: {str(error).splitlines()[0]}"
+    return None
 
 
 def can_restore(experiment_path: str) -> bool:
