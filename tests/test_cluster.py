@@ -36,11 +36,15 @@ from pipeline.tracking.server import free_port
 
 pytestmark = pytest.mark.cluster
 
+# Two trials at a time, one per node, each long enough (about 6 s: 40 epochs of ~0.14 s on
+# `medium_npz`) for the other node's trial process to start meanwhile. Shorter trials end before
+# it has started, and Tune then reuses the first node's process for every trial (its actor
+# reuse), so nothing would run on the second node.
 QUICK_SPACE = """\
 name: q1_logreg
 model: numpy_logreg
 seeds: [1, 2]
-params: {epochs: 3, learning_rate: [0.01, 0.001]}
+params: {epochs: 40, learning_rate: [0.01, 0.001]}
 """
 QUICK_TRIALS = {f"q1_logreg lr={lr} seed={seed}" for lr in (0.01, 0.001) for seed in (1, 2)}
 # Trials of about 3 s each (8 epochs of ~0.4 s on `medium_npz`): time to break something
@@ -139,11 +143,11 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> str:
 
 # ------------------------------------------------------------- a sweep over two nodes
 @pytest.fixture(scope="module")
-def cluster_sweep(ray_cluster: RayCluster, tracking_server: MlflowServer, tiny_npz: Path,
+def cluster_sweep(ray_cluster: RayCluster, tracking_server: MlflowServer, medium_npz: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sweep, list]]:
     sweep = Sweep(tmp_path_factory.mktemp("sweep"), ray_cluster, tracking_server.url,
                   "cluster", {})
-    result = sweep.run(QUICK_SPACE, tiny_npz)
+    result = sweep.run(QUICK_SPACE, medium_npz)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     yield sweep, trial_runs(MlflowClient(tracking_server.url), "cluster")
 
@@ -276,7 +280,7 @@ def basic_auth_server(database: str, directory: Path, password: str) -> MlflowSe
 
 
 def test_basic_auth_server_gets_credentials_from_the_environment_only(
-        ray_cluster: RayCluster, database: str, tiny_npz: Path, tmp_path: Path,
+        ray_cluster: RayCluster, database: str, medium_npz: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     password = secrets.token_urlsafe(18)
     server = basic_auth_server(database, tmp_path / "server", password).start()
@@ -288,7 +292,7 @@ def test_basic_auth_server_gets_credentials_from_the_environment_only(
         credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
         sweep = Sweep(tmp_path / "work", ray_cluster, server.url, "auth", credentials)
         sweep.work.mkdir()
-        result = sweep.run(QUICK_SPACE, tiny_npz)
+        result = sweep.run(QUICK_SPACE, medium_npz)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         for name, value in credentials.items():
             monkeypatch.setenv(name, value)  # for this test's own reading client
