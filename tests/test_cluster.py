@@ -36,17 +36,17 @@ from pipeline.tracking.server import free_port
 
 pytestmark = pytest.mark.cluster
 
-# Two trials at a time, one per node, each long enough (about 6 s: 40 epochs of ~0.14 s on
-# `medium_npz`) for the other node's trial process to start meanwhile. Shorter trials end before
-# it has started, and Tune then reuses the first node's process for every trial (its actor
+# Two trials at once, one per node, each long enough (about 6 s: 40 epochs of ~0.14 s on
+# `medium_npz`) for the other node's trial process to start meanwhile. A shorter trial ends
+# before that, and Tune then reuses the first node's process for the other trial too (its actor
 # reuse), so nothing would run on the second node.
 QUICK_SPACE = """\
 name: q1_logreg
 model: numpy_logreg
 seeds: [1, 2]
-params: {epochs: 40, learning_rate: [0.01, 0.001]}
+params: {epochs: 40, learning_rate: 0.01}
 """
-QUICK_TRIALS = {f"q1_logreg lr={lr} seed={seed}" for lr in (0.01, 0.001) for seed in (1, 2)}
+QUICK_TRIALS = {f"q1_logreg seed={seed}" for seed in (1, 2)}
 # Trials of about 3 s each (8 epochs of ~0.4 s on `medium_npz`): time to break something
 # mid-trial.
 SLOW_SPACE = """\

@@ -34,12 +34,15 @@ FIGURES = {"curves.png", "confusion_matrix.png"}
 SPACE = "name: one\nmodel: numpy_logreg\nparams: {epochs: %d, learning_rate: 0.01}\n"
 
 
-def trainable(work: Path, splits: Splits, epochs: int = 1
+def trainable(work: Path, splits: Splits, epochs: int = 1, ray_node: bool = True
               ) -> tuple[tuning.MedgridTrainable, MlflowClient]:
-    """A trial's trainable as Tune builds it, logging to a SQLite store in `work`."""
+    """A trial's trainable as Tune builds it, logging to a SQLite store in `work` (tagged with
+    its Ray node, or `ray_node=False`: with a stand-in, no Ray started)."""
     from ray.tune.result import TRIAL_INFO
 
-    if not ray.is_initialized():  # the trial tags its Ray node
+    if not ray_node:
+        tuning._node_label = lambda: "no-ray@127.0.0.1"
+    elif not ray.is_initialized():  # the trial tags its Ray node
         ray.init(address="local", num_cpus=1, include_dashboard=False)
     (work / "one.yaml").write_text(SPACE % epochs)
     plan = plan_sweep(work / "one.yaml", SweepOptions()).plan
@@ -114,7 +117,8 @@ import json, sys
 from pathlib import Path
 from pipeline.data import load_splits
 from tests.test_figures import trainable
-trial, client = trainable(Path(sys.argv[1]), load_splits(Path(sys.argv[2])), epochs=2)
+trial, client = trainable(Path(sys.argv[1]), load_splits(Path(sys.argv[2])), epochs=2,
+                          ray_node=False)
 seen = {"after_setup": "matplotlib" in sys.modules}
 trial.step()
 seen["after_first_epoch"] = "matplotlib" in sys.modules
