@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402,F401 - the report's figures use pyplot
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.data import CLASS_NAMES  # noqa: E402
 
@@ -32,6 +33,7 @@ def plot_curves(history: Sequence[dict[str, float]], title: str, out: Path) -> P
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no "2.5"
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
