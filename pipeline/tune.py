@@ -546,10 +546,10 @@ def restore(trainable: Any, plan: SweepPlan, experiment_path: str,
     """Continue a sweep whose driver died: finished trials stay done, unfinished ones continue
     from their last checkpoint, and a searcher's state (what it sampled) is restored.
 
-    Tune does not keep the param space with its saved state, and when that state cannot be
-    read (`unreadable_state`) it starts the experiment again from the param space it is given
-    here: the same seeded searcher draws the same trials, whose finished MLflow runs are
-    replayed, not trained again. Without it, Tune would start over from an empty space."""
+    Tune does not keep the param space with its saved state, so it is given again here: a
+    restore Tune gives up on (it then starts the experiment over, with one sample) draws a real
+    config rather than an empty one, and the driver's trial count refuses the result. A state
+    file cut short by a kill is caught before this is called (`unreadable_state`)."""
     tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                resume_errored=True, restart_errored=False,
                                param_space=param_space(plan))
