@@ -5,7 +5,6 @@ file, a seeded training subset). Finding and downloading the file:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import struct
 import zipfile
@@ -191,11 +190,13 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray)
 
 
 # ------------------------------------------------------------------------ homework splits
-def load_splits(path: Path, *, test_split: str = "hw1", name: str | None = None) -> Splits:
+def load_splits(path: Path, *, test_split: str = "hw1", name: str | None = None,
+                limit_train: int | None = None) -> Splits:
     """Read, check and preprocess the homework's way: flatten to 784, divide by 256 (float32).
 
     test_split "hw1" is the homework's 529-image subset (first 182/55/42/250 test images of
-    classes 0-3, in class order); "full" is the whole test set.
+    classes 0-3, in class order); "full" is the whole test set. `limit_train` keeps a seeded
+    random subset of the training set (`train_subset`), taken before the conversion to float.
     """
     if test_split not in ("hw1", "full"):
         raise UserError(f"test split {test_split!r} is not one of 'hw1', 'full'")
@@ -207,17 +208,21 @@ def load_splits(path: Path, *, test_split: str = "hw1", name: str | None = None)
     _check_not_empty(path, {"train": len(arrays["train_labels"]), "val": len(arrays["val_labels"]),
                             "test": len(y_test)})
     md5 = data_source.file_md5(path)
+    x_train, y_train = arrays["train_images"], arrays["train_labels"]
+    if limit_train is not None and limit_train < len(y_train):
+        keep = train_subset(len(y_train), limit_train)
+        x_train, y_train = x_train[keep], y_train[keep]
     identity = DatasetIdentity(
         name=name or _identify(path, md5),
         md5=md5,
         test_split=test_split,
-        n_train=len(arrays["train_labels"]),
+        n_train=len(y_train),
         n_val=len(arrays["val_labels"]),
         n_test=len(y_test),
     )
     return Splits(
-        x_train=_features(arrays["train_images"]),
-        y_train=_targets(arrays["train_labels"]),
+        x_train=_features(x_train),
+        y_train=_targets(y_train),
         x_val=_features(arrays["val_images"]),
         y_val=_targets(arrays["val_labels"]),
         x_test=_features(x_test),
@@ -319,18 +324,11 @@ def load_dataset(dataset: str, data: Path | None = None, test_split: str = "hw1"
             synthetic.synthesize(path, seed=0)
     else:
         path = data_source.resolve_data_path(None)
-    splits = load_splits(path, test_split=test_split)
-    if limit_train is not None:
-        splits = subsample_train(splits, limit_train)
-    return splits
+    return load_splits(path, test_split=test_split, limit_train=limit_train)
 
 
-def subsample_train(splits: Splits, n: int) -> Splits:
-    """A seeded random subset of `n` training samples (for quick runs); the same `n` gives the
-    same subset, so a resumed sweep trains on what it started with."""
-    if n >= len(splits.y_train):
-        return splits
-    keep = np.sort(np.random.default_rng(0).choice(len(splits.y_train), n, replace=False))
-    identity = dataclasses.replace(splits.identity, n_train=n)
-    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
-                               identity=identity)
+def train_subset(n_train: int, n: int) -> np.ndarray:
+    """The sorted indices of a seeded random subset of `n` of `n_train` training samples (for
+    quick runs); the same `n` gives the same subset, so a resumed sweep trains on what it
+    started with."""
+    return np.sort(np.random.default_rng(0).choice(n_train, n, replace=False))

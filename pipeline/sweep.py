@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,12 @@ from pipeline.errors import UserError
 from pipeline.interrupts import stop_signals
 from pipeline.plan import ALSO_KEY, NAME_KEY, SweepPlan
 from pipeline.tracking.names import DEFAULT_TRACKING_URI
-from pipeline.tracking.server import is_remote, open_tracking, require_server
+from pipeline.tracking.server import (
+    is_remote,
+    open_tracking,
+    opens_without_writing,
+    require_server,
+)
 from pipeline.trial import SessionFactory, TrialSession
 
 
@@ -122,14 +128,18 @@ def run_sweep(space: Path, options: SweepOptions,
     SIGINT/SIGTERM stop it cleanly (runs closed KILLED, Ray and the tracking server shut down)
     and end in `SweepInterrupted`.
 
-    Start-up overlaps: once the space and the data have been checked (bad input creates
-    nothing), the private tracking server is launched, and Ray and MLflow are imported and
-    Ray started (`sweep_run`) while the server starts."""
+    Start-up overlaps: the private tracking server is launched, and Ray and MLflow are imported
+    and Ray started (`sweep_run`) while the server starts. The server is launched before the
+    data loads where that writes nothing (a store already in place: a warm start), otherwise
+    once the data has been checked, so that bad input creates nothing."""
     planned = plan_sweep(space, options)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
         require_server(options.tracking_uri)
-    with stop_signals() as stops:
+    tracking_args = (options.tracking_uri, options.artifacts_dir, options.storage.resolve())
+    with stop_signals() as stops, ExitStack() as stack:
+        tracking = (stack.enter_context(open_tracking(*tracking_args))
+                    if opens_without_writing(*tracking_args) else None)
         splits = data.load_dataset(options.dataset, options.data, options.test_split,
                                    options.limit_train)
         if splits.identity.name != "octmnist":
@@ -137,13 +147,13 @@ def run_sweep(space: Path, options: SweepOptions,
             print(f"[medgrid] NOTE: these runs use '{identity.name}' data ({identity.md5[:8]}), "
                   "not the real OCTMNIST; the runs are tagged so.", flush=True)
         started = time.monotonic()
-        with open_tracking(options.tracking_uri, options.artifacts_dir,
-                           options.storage.resolve()) as tracking:
-            from pipeline import sweep_run  # Ray and MLflow: seconds, while the server starts
+        if tracking is None:
+            tracking = stack.enter_context(open_tracking(*tracking_args))
+        from pipeline import sweep_run  # Ray and MLflow: seconds, while the server starts
 
-            sweep = sweep_run.StartedSweep(space, planned, options, [splits], tracking, stops,
-                                           started)
-            del splits  # the sweep hands its only reference to Ray's object store
-            return sweep_run.run(sweep, make_session)
+        sweep = sweep_run.StartedSweep(space, planned, options, [splits], tracking, stops,
+                                       started)
+        del splits  # the sweep hands its only reference to Ray's object store
+        return sweep_run.run(sweep, make_session)
 
 

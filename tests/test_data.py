@@ -263,21 +263,26 @@ def test_describe_lists_shapes_counts_and_md5(tiny_npz: Path) -> None:
 
 # ------------------------------------------------------------------------ a sweep's data
 @pytest.mark.parametrize("n", [1, 50, 399])
-def test_a_training_subset_is_seeded_sorted_and_recorded(n: int, tiny_splits: data.Splits) -> None:
-    subset = data.subsample_train(tiny_splits, n)
-    again = data.subsample_train(tiny_splits, n)
+def test_a_training_subset_is_seeded_sorted_and_recorded(n: int, tiny_npz: Path) -> None:
+    full = data.load_splits(tiny_npz)
+    subset = data.load_splits(tiny_npz, limit_train=n)
+    again = data.load_splits(tiny_npz, limit_train=n)
     assert len(subset.y_train) == len(subset.x_train) == subset.identity.n_train == n
     np.testing.assert_array_equal(subset.x_train, again.x_train)  # the same n, the same images
-    rows = [int(np.flatnonzero((tiny_splits.x_train == row).all(axis=1))[0])
+    rows = [int(np.flatnonzero((full.x_train == row).all(axis=1))[0])
             for row in subset.x_train[:5]]
     assert rows == sorted(rows)  # kept in file order
-    assert subset.x_val is tiny_splits.x_val and subset.x_test is tiny_splits.x_test
+    np.testing.assert_array_equal(subset.y_train[:5], full.y_train[rows])  # labels go along
+    np.testing.assert_array_equal(subset.x_val, full.x_val)  # val and test are untouched
+    np.testing.assert_array_equal(subset.x_test, full.x_test)
 
 
 @pytest.mark.parametrize("n", [400, 10_000])
-def test_a_subset_as_large_as_the_training_set_is_the_training_set(
-        n: int, tiny_splits: data.Splits) -> None:
-    assert data.subsample_train(tiny_splits, n) is tiny_splits
+def test_a_subset_as_large_as_the_training_set_is_the_training_set(n: int, tiny_npz: Path
+                                                                   ) -> None:
+    full, subset = data.load_splits(tiny_npz), data.load_splits(tiny_npz, limit_train=n)
+    assert subset.identity == full.identity
+    np.testing.assert_array_equal(subset.x_train, full.x_train)
 
 
 def test_a_sweep_loads_the_named_file_and_its_subset(tiny_npz: Path) -> None:

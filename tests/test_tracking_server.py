@@ -30,6 +30,7 @@ from pipeline.tracking.server import (
     require_server,
     wait_healthy,
 )
+from pipeline.tracking.store import create_sqlite_schema
 
 
 @pytest.mark.slow
@@ -111,6 +112,42 @@ def test_the_server_has_a_session_of_its_own_and_leaves_no_process(tmp_path: Pat
         assert session_pids(server.pid) == [server.pid]
         os.kill(server.pid, signal.SIGKILL)  # as a user might
     assert session_pids(server.pid) == []
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line contains `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:  # ended while we looked
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_bad_data_file_beside_a_store_in_place_leaves_the_store_as_it_was(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """A warm start launches the private server while the data loads (the store is in place:
+    serving it writes nothing); a data file that then fails to load is still one line, exit 2,
+    the store byte for byte as it was, and no server left running."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    create_sqlite_schema(f"sqlite:///{db}", tmp_path / "mlruns")
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "ray_results").mkdir()
+    before = db.read_bytes()
+    bad = tmp_path / "scan.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip archive")
+    (tmp_path / "s.yaml").write_text(SPACE)
+    assert main(["tune", "s.yaml", "--data", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scan.npz" in err[0], err
+    assert (tmp_path / "ray_results" / "mlflow-server.log").exists()  # it was launched first
+    assert db.read_bytes() == before
+    assert _processes_naming(str(db)) == []
 
 
 @pytest.mark.slow

@@ -16,7 +16,13 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.server import LocalTrackingServer, free_port, wait_healthy
-from pipeline.tracking.store import absolute_sqlite, sqlite_path, upgrade_proxied_artifacts
+from pipeline.tracking.store import (
+    absolute_sqlite,
+    create_sqlite_schema,
+    sqlite_path,
+    store_in_place,
+    upgrade_proxied_artifacts,
+)
 
 
 def _log_run(client: MlflowClient, experiment_id: str, directory: Path, kind: str | None) -> str:
@@ -98,11 +104,26 @@ def test_a_store_of_medgrid_0_1_is_upgraded_to_file_uris(tmp_path: Path, monkeyp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     local = MlflowClient(uri)
     assert local.get_run(ours).info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert not store_in_place(uri, tmp_path / "mlruns")  # the next sweep will rewrite rows
     assert upgrade_proxied_artifacts(uri, tmp_path / "mlruns") == 2  # the run, its experiment
+    assert store_in_place(uri, tmp_path / "mlruns")  # what is left proxied is not medgrid's
     assert [a.path for a in local.list_artifacts(ours)] == ["history.csv"]
     # A run medgrid did not write keeps its URI: its files may live elsewhere.
     assert local.get_run(foreign).info.artifact_uri.startswith("mlflow-artifacts:/")
     assert upgrade_proxied_artifacts(uri, tmp_path / "mlruns") == 0  # idempotent
+
+
+def test_a_store_is_in_place_only_when_serving_it_would_write_nothing(tmp_path: Path) -> None:
+    db, artifacts = tmp_path / "mlflow.db", tmp_path / "mlruns"
+    uri = f"sqlite:///{db}"
+    assert not store_in_place(uri, artifacts)  # no database yet: the server would create it
+    db.touch()
+    assert not store_in_place(uri, artifacts)  # an empty file: MLflow's tables to create
+    assert create_sqlite_schema(uri, artifacts)
+    assert not store_in_place(uri, artifacts)  # the artifact directory to create
+    artifacts.mkdir()
+    assert store_in_place(uri, artifacts)
+    assert not store_in_place("postgresql+psycopg2://u@h/db", artifacts)  # not a local store
 
 
 def test_only_sqlite_stores_are_touched(tmp_path: Path, monkeypatch) -> None:

@@ -37,6 +37,7 @@ from pipeline.tracking.store import (
     artifact_root,
     create_sqlite_schema,
     sqlite_path,
+    store_in_place,
     upgrade_proxied_artifacts,
 )
 
@@ -323,6 +324,15 @@ class PendingTracking:
         for it at the end)."""
         if self._server is not None:
             self._server.terminate()
+
+
+def opens_without_writing(uri: str, artifacts_dir: Path, log_dir: Path) -> bool:
+    """Whether `open_tracking` would create or change nothing on disk: a user's server, or a
+    local store already in place with its artifact and log directories (a warm start). Then
+    the private server can start while the data loads, and a bad data file still leaves
+    everything as it was."""
+    return is_remote(uri) or (log_dir.is_dir()
+                              and store_in_place(absolute_sqlite(uri), artifacts_dir))
 
 
 @contextmanager

@@ -45,6 +45,18 @@ def artifact_root(artifacts_dir: Path) -> str:
     return artifacts_dir.resolve().as_uri()
 
 
+# The rows `upgrade_proxied_artifacts` rewrites: medgrid's runs (tagged KIND_TAG, the one
+# parameter) recorded with proxied artifact URIs, and the experiments holding them.
+_OUR_PROXIED_RUNS = (
+    "artifact_uri LIKE 'mlflow-artifacts:/%' AND artifact_uri NOT LIKE 'mlflow-artifacts://%' "
+    "AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = ?)")
+_OUR_PROXIED_EXPERIMENTS = (
+    "artifact_location LIKE 'mlflow-artifacts:/%' "
+    "AND artifact_location NOT LIKE 'mlflow-artifacts://%' "
+    "AND experiment_id IN (SELECT r.experiment_id FROM runs r JOIN tags t "
+    "ON t.run_uuid = r.run_uuid WHERE t.key = ?)")
+
+
 def upgrade_proxied_artifacts(uri: str, artifacts_dir: Path) -> int:
     """Point medgrid runs recorded with proxied artifact URIs at their files under
     `artifacts_dir`; return how many runs and experiments changed (0 for non-SQLite stores)."""
@@ -58,16 +70,11 @@ def upgrade_proxied_artifacts(uri: str, artifacts_dir: Path) -> int:
                 return 0
             runs = conn.execute(
                 "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
-                "WHERE artifact_uri LIKE 'mlflow-artifacts:/%' "
-                "AND artifact_uri NOT LIKE 'mlflow-artifacts://%' "
-                "AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = ?)",
+                f"WHERE {_OUR_PROXIED_RUNS}",
                 (root + "/", len(PROXY_PREFIX) + 1, KIND_TAG)).rowcount
             experiments = conn.execute(
                 "UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
-                "WHERE artifact_location LIKE 'mlflow-artifacts:/%' "
-                "AND artifact_location NOT LIKE 'mlflow-artifacts://%' "
-                "AND experiment_id IN (SELECT r.experiment_id FROM runs r JOIN tags t "
-                "ON t.run_uuid = r.run_uuid WHERE t.key = ?)",
+                f"WHERE {_OUR_PROXIED_EXPERIMENTS}",
                 (root + "/", len(PROXY_PREFIX) + 1, KIND_TAG)).rowcount
     except sqlite3.Error as exc:
         raise UserError(f"{db}: cannot upgrade its artifact locations ({exc}); expected a "
@@ -111,6 +118,22 @@ def create_sqlite_schema(uri: str, artifacts_dir: Path) -> bool:
         return True
     finally:
         os.close(directory)
+
+
+def store_in_place(uri: str, artifacts_dir: Path) -> bool:
+    """Whether a private server over the SQLite store `uri` would create or change nothing: the
+    database has MLflow's tables, `artifacts_dir` exists, and no run or experiment waits for
+    `upgrade_proxied_artifacts`. A sweep may then start its server before its data is checked:
+    a bad data file still leaves the store as it was."""
+    db = sqlite_path(uri)
+    if db is None or not artifacts_dir.is_dir() or not _has_schema(db):
+        return False
+    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        to_upgrade = conn.execute(
+            f"SELECT EXISTS(SELECT 1 FROM runs WHERE {_OUR_PROXIED_RUNS}) "
+            f"OR EXISTS(SELECT 1 FROM experiments WHERE {_OUR_PROXIED_EXPERIMENTS})",
+            (KIND_TAG, KIND_TAG)).fetchone()[0]
+    return not to_upgrade
 
 
 def _has_schema(db: Path) -> bool:
