@@ -18,6 +18,10 @@ from pipeline.interrupts import SweepInterrupted
 from pipeline.tracking.names import DEFAULT_TRACKING_URI
 
 EXIT_USAGE = 2
+# The reader of stdout left before medgrid was done (`medgrid report | head`): the shell's code
+# for a program ended by SIGPIPE, which Python turns into BrokenPipeError instead. A sweep
+# stops gracefully then (`output_loss`) and exits 1 like any sweep medgrid stopped itself.
+EXIT_PIPE_CLOSED = 128 + 13
 
 
 class _Parser(argparse.ArgumentParser):
@@ -359,7 +363,7 @@ def _interrupted(exc: SweepInterrupted, argv: Sequence[str]) -> str:
     if not exc.detail:  # stopped before its parent run existed: nothing to continue
         return f"medgrid: {why} before the sweep started"
     again = [arg for arg in argv if arg != "--resume"] + ["--resume"]
-    return (f"medgrid: {why}: {exc.detail}; {'free some space, then ' if exc.cause else ''}"
+    return (f"medgrid: {why}: {exc.detail}; {exc.advice + ', then ' if exc.advice else ''}"
             f"continue with: medgrid {shlex.join(again)}")
 
 
@@ -379,9 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medgrid: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `medgrid ... | head`: the reader left, nothing is wrong
+    except BrokenPipeError:  # `medgrid ... | head`: the reader left before medgrid was done
         sys.stderr.close()
-        return 0
+        return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

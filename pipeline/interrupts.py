@@ -23,11 +23,12 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 class SweepInterrupted(KeyboardInterrupt):
     """The sweep was stopped by a signal; the process should exit 128 + `signum`."""
 
-    def __init__(self, signum: int, detail: str = "", cause: str = "") -> None:
+    def __init__(self, signum: int, detail: str = "", cause: str = "", advice: str = "") -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.detail = detail  # e.g. how many trials finished, set once the runs are closed
         self.cause = cause  # why medgrid stopped the sweep itself ("" when a user's signal did)
+        self.advice = advice  # what to do before resuming, e.g. "free some space"
 
     @property
     def exit_code(self) -> int:
@@ -44,6 +45,7 @@ class StopSignals:
         self.count = 0
         self.graceful: Callable[[], bool] | None = None  # True if it took the stop request
         self.cause = ""  # set by `stop_for` when medgrid itself stops the sweep
+        self.advice = ""  # and what the user should do before resuming
         # Set once the sweep is closing its runs and shutting down: a second signal then has
         # nothing left to skip, and raising it would cut that short (runs left RUNNING).
         self.closing = False
@@ -58,7 +60,7 @@ class StopSignals:
             return
         if self.count == 1 and self.graceful is not None and self.graceful():
             return
-        raise SweepInterrupted(self.signum, cause=self.cause)
+        raise SweepInterrupted(self.signum, cause=self.cause, advice=self.advice)
 
     @property
     def received(self) -> bool:
@@ -74,13 +76,14 @@ class StopSignals:
     def raise_if_received(self, detail: str = "") -> None:
         """Turn a stop request that Tune honoured into the driver's exit."""
         if self.signum is not None:
-            raise SweepInterrupted(self.signum, detail, self.cause)
+            raise SweepInterrupted(self.signum, detail, self.cause, self.advice)
 
-    def stop_for(self, cause: str) -> None:
+    def stop_for(self, cause: str, advice: str = "") -> None:
         """Stop the sweep as SIGTERM would, for `cause` (callable from any thread: the stop
-        itself runs in the main thread, where Python delivers signals)."""
+        itself runs in the main thread, where Python delivers signals); `advice`: what the
+        user should do before resuming."""
         if not self.cause and self.signum is None:
-            self.cause = cause
+            self.cause, self.advice = cause, advice
             os.kill(os.getpid(), signal.SIGTERM)
 
 

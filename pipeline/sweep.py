@@ -18,6 +18,7 @@ from pipeline import data
 from pipeline.config import Distribution, expand, load_space, merge_identical, with_seeds
 from pipeline.errors import UserError
 from pipeline.interrupts import stop_signals
+from pipeline.output_loss import stop_when_output_closed
 from pipeline.plan import ALSO_KEY, NAME_KEY, SweepPlan
 from pipeline.tracking.names import DEFAULT_TRACKING_URI
 from pipeline.tracking.server import (
@@ -126,7 +127,7 @@ def run_sweep(space: Path, options: SweepOptions,
               make_session: SessionFactory = TrialSession) -> int:
     """Run (or resume) the sweep in `space`; 0 when every trial finished, 1 when some failed.
     SIGINT/SIGTERM stop it cleanly (runs closed KILLED, Ray and the tracking server shut down)
-    and end in `SweepInterrupted`.
+    and end in `SweepInterrupted`; so does losing stdout (`output_loss`).
 
     Start-up overlaps: the private tracking server is launched, and Ray and MLflow are imported
     and Ray started (`sweep_run`) while the server starts. The server is launched before the
@@ -137,7 +138,7 @@ def run_sweep(space: Path, options: SweepOptions,
     if is_remote(options.tracking_uri):  # fail in seconds, before loading or synthesising data
         require_server(options.tracking_uri)
     tracking_args = (options.tracking_uri, options.artifacts_dir, options.storage.resolve())
-    with stop_signals() as stops, ExitStack() as stack:
+    with stop_signals() as stops, stop_when_output_closed(stops), ExitStack() as stack:
         tracking = (stack.enter_context(open_tracking(*tracking_args))
                     if opens_without_writing(*tracking_args) else None)
         splits = data.load_dataset(options.dataset, options.data, options.test_split,

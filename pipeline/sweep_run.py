@@ -77,7 +77,7 @@ def run(sweep: StartedSweep, make_session: SessionFactory = TrialSession) -> int
         with liveness.Heartbeat(lambda: tracking.heartbeat(client, parent_id)), \
                 DiskWatch(written_dirs(options.storage, options.tracking_uri,
                                        options.artifacts_dir),
-                          lambda low: stops.stop_for(str(low))):
+                          lambda low: stops.stop_for(str(low), "free some space")):
             return _drive(client, experiment_id, parent_id, ray_path, trainable,
                           planned, options, stops, sweep.started)
     finally:

@@ -21,6 +21,7 @@ from conftest import steps
 from mlflow.tracking import MlflowClient
 from sockets import Listener, listeners
 
+from pipeline import output_loss
 from pipeline.process_session import kill_session, session_pids
 from pipeline.synthetic import synthesize
 
@@ -150,12 +151,14 @@ def mid_trial(work: Path) -> bool:
 
 
 def assert_stopped(sweep: Sweep, code: int, err: str, name: str, expected_code: int) -> None:
-    """What a stopped sweep must leave: its exit code, one line saying how to resume, every
-    run closed (unfinished ones KILLED, the parent KILLED), and no process of it alive."""
+    """What a stopped sweep must leave: its exit code, one line saying why (`name`: the
+    signal, or the cause when medgrid stopped it) and how to resume, every run closed
+    (unfinished ones KILLED, the parent KILLED), and no process of it alive."""
     assert code == expected_code, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"medgrid: interrupted by {name}: "), err
+    said = f"interrupted by {name}" if name.startswith("SIG") else f"stopped: {name}"
+    assert last.startswith(f"medgrid: {said}: "), err
     assert last.endswith(" ".join(["medgrid", *sweep.args, "--resume"])), last
     statuses = {r.info.run_name: r.info.status for r in runs(sweep.work)}
     [parent] = [r for r in runs(sweep.work) if r.data.tags.get("medgrid.kind") == "sweep"]
@@ -208,6 +211,36 @@ def test_a_signal_stops_the_sweep_and_closes_everything(
         time.sleep(0.3)
     code, _, err = sweep.finish()
     assert_stopped(sweep, code, err, signal.Signals(signum).name, expected_code)
+
+
+
+def test_a_sweep_whose_reader_goes_away_stops_as_for_a_signal(
+        tmp_path: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
+    """`medgrid tune ... | head`: once head has its lines, the next progress line finds no
+    reader. The sweep stops as for SIGTERM (runs KILLED, the resume line on stderr), exit 1."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    sweep = Sweep(tmp_path, small_npz)
+    sweeps.append(sweep)
+    sweep.wait_for(lambda: mid_trial(tmp_path))
+    assert sweep.driver.stdout is not None
+    sweep.driver.stdout.close()
+    code, _, err = sweep.finish()
+    assert_stopped(sweep, code, err, output_loss.CAUSE, 1)
+
+
+def test_a_sweep_started_without_a_reader_runs_nothing_and_says_so(
+        tmp_path: Path, small_npz: Path, sweeps: list[Sweep]) -> None:
+    """Its output already closed: it used to exit 0 at its first line, having run nothing."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    sweep = Sweep(tmp_path, small_npz)
+    sweeps.append(sweep)
+    assert sweep.driver.stdout is not None
+    sweep.driver.stdout.close()
+    code, _, err = sweep.finish()
+    assert code == 1, err
+    assert err.strip().splitlines() == [
+        f"medgrid: stopped: {output_loss.CAUSE} before the sweep started"]
+    assert sweep.leftovers() == []
 
 
 def test_resume_refuses_an_edited_space_and_resumes_the_original(
