@@ -661,3 +661,28 @@ def paired_t_p(summary: pd.DataFrame, loser_lr: float, lr_table: pd.DataFrame) -
     seeds = [7, 8]
     return float(ttest_rel([by[(loser_lr, s)] for s in seeds],
                            [by[(winner_lr, s)] for s in seeds]).pvalue)
+
+
+@pytest.mark.fast
+def test_trials_are_listed_by_study_config_and_seed_whatever_order_they_started_in() -> None:
+    """Two trials run side by side start in either order; summary.csv and the tables must not
+    change with it (the rows used to follow the runs' start times)."""
+    from pipeline.report.runs import in_reading_order
+
+    started = pd.DataFrame({
+        "study": ["q2_lr", "q1_mlp", "q2_lr", "q2_lr", "q2_lr", "extra"],
+        "model": ["torch_ffn", "numpy_mlp", "torch_ffn", "torch_ffn", "torch_ffn", "torch_ffn"],
+        "learning_rate": [0.1, 0.5, 1.0, 0.001, 0.1, 0.01],
+        "seed": [2, 1, 1, 1, 1, 1],
+        "attempt": ["", "", "", "", "", ""],
+        "run_name": ["b", "m", "c", "a", "b1", "x"],
+    })
+    want = [("q1_mlp", 0.5, 1), ("q2_lr", 0.001, 1), ("q2_lr", 0.1, 1), ("q2_lr", 0.1, 2),
+            ("q2_lr", 1.0, 1), ("extra", 0.01, 1)]  # the space's studies first, then the rest
+    for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [3, 0, 5, 1, 4, 2]):
+        listed = in_reading_order(started.iloc[order], ["q1_mlp", "q2_lr"])
+        assert list(listed[["study", "learning_rate", "seed"]].itertuples(index=False,
+                                                                           name=None)) == want
+    # Without the space, studies come in the order the frame gives them.
+    assert in_reading_order(started)["study"].drop_duplicates().tolist() == [
+        "q2_lr", "q1_mlp", "extra"]

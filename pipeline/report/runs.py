@@ -155,9 +155,12 @@ def read_trials(client: TrackingClient, sweep: SweepInfo) -> pd.DataFrame:
     rows = [row for run in sorted(runs, key=lambda r: r.start_time or 0)
             for row in _study_rows(_trial_row(run), run.tags.get(names.ALSO_TAG))]
     named = {row["run_name"] for row in rows}
-    rows += [_missing_row(config, name) for name, config in planned_trials(sweep).items()
+    planned = planned_trials(sweep)
+    rows += [_missing_row(config, name) for name, config in planned.items()
              if name not in named]
-    return _tidy(pd.DataFrame(rows))
+    # Studies in the space's order where the space is still there, else in the order they ran.
+    return in_reading_order(_tidy(pd.DataFrame(rows)),
+                            [config.study for config in planned.values()])
 
 
 def one_row_per_run(trials: pd.DataFrame) -> pd.DataFrame:
@@ -276,6 +279,24 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = frame[column].fillna(False).astype(bool)
     frame["stopped_epoch"] = frame["stopped_epoch"].astype("Int64")  # "3", never "3.0"
     return frame.reset_index(drop=True)
+
+
+def in_reading_order(frame: pd.DataFrame, studies: Iterable[str] = ()) -> pd.DataFrame:
+    """The rows by study (`studies`' order, then the others as they come), then by config and
+    seed, not by when each run started: trials run side by side start in any order, and the
+    same sweep must give the same tables and the same summary.csv."""
+    rank = {study: i for i, study in enumerate(dict.fromkeys([*studies, *frame["study"]]))}
+    keys = [c for c in (*CONFIG_PARAMS, "seed", "attempt", "run_name") if c in frame]
+    ordered = frame.assign(_rank=frame["study"].map(rank)).sort_values(
+        ["_rank", *keys], kind="stable", na_position="last", key=_sortable)
+    return ordered.drop(columns="_rank").reset_index(drop=True)
+
+
+def _sortable(column: pd.Series) -> pd.Series:
+    """A column as numbers where every value is one (0.001 before 0.01 before 0.1 before 1),
+    else as text."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers if numbers.notna().sum() == column.notna().sum() else column.astype(str)
 
 
 def fetch_histories(client: TrackingClient, run_ids: Iterable[str], keys: Iterable[str]
