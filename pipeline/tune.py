@@ -443,7 +443,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     else:
         # "local": always a Ray of this sweep's own. Left unset, Ray would join whatever Ray
         # `ray start` last left on this machine (/tmp/ray/ray_current_cluster).
-        with _loopback_only():
+        with _loopback_only(), _without_unused_helpers(verbose):
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=verbose, _system_config=_NO_IDLE_WORKERS)
     return True
@@ -475,6 +475,34 @@ def _loopback_only() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+@contextmanager
+def _without_unused_helpers(verbose: bool) -> Iterator[None]:
+    """A local Ray without two head processes a sweep's own Ray never uses: the autoscaler's
+    monitor (one node, which never scales) and, unless the workers' output is shown
+    (`--verbose`, `log_to_driver`), the log monitor that streams it to the driver. Each is a
+    Python process importing Ray while the sweep starts: together about 1 s of CPU that the
+    2-core machine otherwise takes from the private server's and the trials' start.
+
+    `ray start` has `--no-monitor` for this; `ray.init` has no argument, so its node parameters
+    (`RayParams`) get the two settings while it runs. A Ray whose parameters lack them ignores
+    the attributes and starts both processes as before."""
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+
+    def without_helpers(params: Any, *args: Any, **kwargs: Any) -> None:
+        original(params, *args, **kwargs)
+        params.no_monitor = True
+        if not verbose:
+            params.include_log_monitor = False
+
+    parameter.RayParams.__init__ = without_helpers  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
 def shutdown_ray() -> None:

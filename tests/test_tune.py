@@ -265,9 +265,10 @@ def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
 
 
 # Starts the sweep's local Ray in a fresh interpreter (not this test process's Ray) and prints
-# how many worker processes it has after a while idle, then after one task.
+# how many worker processes it has after a while idle, then after one task, and which of Ray's
+# Python helper processes run beside them ("verbose": as `--verbose` starts it).
 IDLE_WORKERS_PROBE = """
-import json, os, time
+import json, os, sys, time
 import ray
 from pipeline import tune as tuning
 
@@ -289,12 +290,17 @@ def workers(session):
                and not args[0].endswith(("DashboardAgent", "RuntimeEnvAgent"))
                for _, parent, args in processes())
 
-tuning.init_ray(None, num_cpus=2)
+def helpers(session):
+    # Ray's Python processes of this session beside the workers, by script name
+    return sorted({os.path.basename(a) for _, _, args in processes()
+                   if any(session in x for x in args) for a in args if a.endswith(".py")})
+
+tuning.init_ray(None, num_cpus=2, verbose=sys.argv[1] == "verbose")
 session = ray._private.worker._global_node.session_name
 time.sleep(4)
 idle = workers(session)
 ray.get(ray.remote(lambda: 1).remote())
-print(json.dumps({"idle": idle, "after_a_task": workers(session)}))
+print(json.dumps({"idle": idle, "after_a_task": workers(session), "helpers": helpers(session)}))
 tuning.shutdown_ray()
 """
 
@@ -303,7 +309,23 @@ def test_a_local_ray_starts_no_idle_workers_that_trials_would_not_use(tmp_path: 
     """Ray starts a worker per CPU with the node, but Tune's trial actors carry a runtime_env
     of their own and never take them: on a small machine those idle workers' start-up slowed
     the first trials by seconds. The sweep's Ray starts workers only when something runs."""
-    done = subprocess.run([sys.executable, "-c", IDLE_WORKERS_PROBE], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=True)
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = _probe_local_ray(tmp_path, "quiet")
     assert seen["idle"] == 0 and seen["after_a_task"] >= 1, seen
+
+
+def _probe_local_ray(cwd: Path, how: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", IDLE_WORKERS_PROBE, how], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("how", ["quiet", "verbose"])
+def test_a_local_ray_starts_no_monitor_and_streams_worker_output_only_when_shown(
+        tmp_path: Path, how: str) -> None:
+    """The sweep's own Ray has one node that never scales: no autoscaler monitor. Its log
+    monitor, which streams the workers' output to the driver, runs only under --verbose (the
+    only time that output is shown). Both used to start with every sweep, about 1 s of CPU."""
+    seen = _probe_local_ray(tmp_path, how)
+    assert "dashboard.py" in seen["helpers"], seen  # Ray's API server: the probe sees helpers
+    assert "monitor.py" not in seen["helpers"], seen
+    assert ("log_monitor.py" in seen["helpers"]) == (how == "verbose"), seen
