@@ -9,6 +9,7 @@ import it on first use, so a trial's worker can render them after the trial has 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +53,21 @@ def write_trial_files(result: TrialResult, out_dir: Path) -> list[Path]:
 def write_trial_figures(result: TrialResult, title: str, out_dir: Path) -> list[Path]:
     """Render a trial's figures (learning curves; the test confusion matrix unless it
     diverged) into `out_dir` and return their paths."""
+    return draw_figures(history_rows(result), None if result.diverged else result.confusion,
+                        title, out_dir)
+
+
+def draw_figures(history: Sequence[dict[str, float]], confusion: np.ndarray | None,
+                 title: str, out_dir: Path) -> list[Path]:
+    """The figures from a trial's history rows and test confusion counts (None: no matrix, the
+    trial diverged), as a trial's result or its `history.csv` and `confusion_matrix.csv` hold
+    them; their paths."""
     from pipeline.plots import plot_confusion, plot_curves  # matplotlib: seconds, on first use
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = history_rows(result)
-    paths = [plot_curves(rows, title, out_dir / FIGURE_NAMES[0])] if rows else []
-    if not result.diverged:
-        paths.append(plot_confusion(result.confusion, f"{title}: test set",
-                                    out_dir / FIGURE_NAMES[1]))
+    paths = [plot_curves(history, title, out_dir / FIGURE_NAMES[0])] if history else []
+    if confusion is not None:
+        paths.append(plot_confusion(confusion, f"{title}: test set", out_dir / FIGURE_NAMES[1]))
     return paths
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__, data, liveness
+from pipeline import __version__, data, figures, liveness
 from pipeline import tune as tuning
 from pipeline.data import Splits
 from pipeline.disk_space import DiskWatch, written_dirs
@@ -141,6 +141,11 @@ def _drive(client: TrackingClient, experiment_id: str, parent_id: str, ray_path:
             error.detail = (f"{finished} of {plan.n_trials} trials finished, "
                             f"{_runs(closed, 'interrupted run')} closed as KILLED")
         raise
+    redrawn = figures.redraw_pending(client, experiment_id, parent_id)
+    if redrawn:
+        print(f"[medgrid] drew the figures of {_runs(redrawn, 'finished trial')} here: "
+              f"{'its worker' if redrawn == 1 else 'their workers'} ended before drawing them",
+              flush=True)
     failed = [o for o in outcomes if o.status != "TERMINATED"]
     _log_summary(client, parent_id, outcomes, time.monotonic() - started)
     client.end_run(parent_id, names.FAILED if failed else names.FINISHED)

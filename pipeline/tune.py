@@ -202,7 +202,8 @@ class MedgridTrainable(tune.Trainable):
         if not result.diverged:  # a diverged model's test accuracy is not measured: absent
             self.run.log_epoch(self.session.epoch, {names.TEST_ACC: result.test_acc}, force=True)
         tags = {names.DIVERGED_TAG: str(result.diverged).lower(),
-                names.STOPPED_TAG: str(stopped).lower()}
+                names.STOPPED_TAG: str(stopped).lower(),
+                names.FIGURES_TAG: names.FIGURES_PENDING}  # until the figures are uploaded
         if stopped:
             tags[names.STOPPED_EPOCH_TAG] = str(self.session.epoch)
         self.run.set_tags(tags)

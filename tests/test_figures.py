@@ -23,7 +23,7 @@ from pipeline.plan import NAME_KEY
 from pipeline.sweep import SweepOptions, plan_sweep
 from pipeline.tracking import runs
 from pipeline.tracking.client import TrackingClient
-from pipeline.tracking.names import FIGURES_ERROR_TAG
+from pipeline.tracking.names import FIGURES_ERROR_TAG, FIGURES_TAG
 from pipeline.trial import TrialSession
 
 pytestmark = pytest.mark.slow
@@ -92,6 +92,7 @@ def test_the_run_finishes_before_its_figures_and_a_stopping_worker_waits_for_the
     trial.cleanup()  # Tune stops the actor: the figures in progress are waited for
     assert artifact_names(client, run.info.run_id) == DATA_FILES | FIGURES
     assert FIGURES_ERROR_TAG not in only_run(client).data.tags
+    assert only_run(client).data.tags[FIGURES_TAG] == "drawn"
 
 
 def test_figures_that_fail_cost_the_figures_only_and_say_why_on_the_run(
@@ -107,6 +108,45 @@ def test_figures_that_fail_cost_the_figures_only_and_say_why_on_the_run(
     assert run.info.status == "FINISHED"
     assert artifact_names(client, run.info.run_id) == DATA_FILES
     assert run.data.tags[FIGURES_ERROR_TAG] == "RuntimeError: no font cache"
+    assert run.data.tags[FIGURES_TAG] == "failed"  # not pending: the driver leaves it alone
+
+
+@pytest.mark.parametrize("diverges", [False, True], ids=["finished", "diverged"])
+def test_figures_a_worker_never_drew_are_drawn_by_the_driver(
+        tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch,
+        diverges: bool) -> None:
+    """A worker that ends between its trial's end and the drawing (a node lost, a SIGKILL)
+    left a FINISHED run without figures and nothing saying so. The run says "pending" until
+    its figures are up, and the driver draws what is still pending from the run's files."""
+    def worker_gone(*args: Any) -> None:  # the background thread never gets to draw
+        return None
+
+    monkeypatch.setattr(figures, "render_and_upload", worker_gone)
+    if diverges:  # float32 overflows at this rate (test_numpy_models): curves, no matrix
+        monkeypatch.setattr(tuning.SweepPlan, "trial_config", _diverging(
+            tuning.SweepPlan.trial_config))
+    trial, client = trainable(tmp_path, tiny_splits)
+    assert trial.step()["done"]
+    trial.cleanup()
+    run = only_run(client)
+    assert run.info.status == "FINISHED" and run.data.tags[FIGURES_TAG] == "pending"
+    files = DATA_FILES - ({"confusion_matrix.csv", "val_correct.npy"} if diverges else set())
+    assert artifact_names(client, run.info.run_id) == files
+    assert (run.data.tags["diverged"] == "true") == diverges
+    tracking = TrackingClient(client.tracking_uri)
+    parent = run.data.tags["mlflow.parentRunId"]
+    assert figures.redraw_pending(tracking, run.info.experiment_id, parent) == 1
+    drawn = files | ({"curves.png"} if diverges else FIGURES)
+    assert artifact_names(client, run.info.run_id) == drawn
+    assert only_run(client).data.tags[FIGURES_TAG] == "drawn"
+    assert figures.redraw_pending(tracking, run.info.experiment_id, parent) == 0  # once
+
+
+def _diverging(trial_config: Any) -> Any:
+    def config(plan: Any, values: dict[str, Any]) -> Any:
+        return trial_config(plan, values).model_copy(
+            update={"learning_rate": 1e38, "dtype": "float32", "epochs": 3})
+    return config
 
 
 # A worker's life in a fresh interpreter: matplotlib must stay unimported through setup and the

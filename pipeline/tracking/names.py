@@ -30,6 +30,11 @@ ATTEMPT_TAG = "medgrid.attempt"
 ERROR_TAG = "medgrid.error"
 PREVIOUS_ERROR_TAG = "medgrid.previous_error"
 FIGURES_ERROR_TAG = "medgrid.figures_error"  # a finished trial whose figures could not be made
+# A finished trial's figures: "pending" from the run's end until its worker has drawn and uploaded
+# them ("drawn"), or "failed" (the reason in FIGURES_ERROR_TAG). Still "pending" after its sweep:
+# the worker ended in between, and the driver draws them (figures.redraw_pending).
+FIGURES_TAG = "medgrid.figures"
+FIGURES_PENDING, FIGURES_DRAWN, FIGURES_FAILED = "pending", "drawn", "failed"
 ALSO_TAG = "medgrid.also"  # JSON {study: run name}: other studies this trial's training serves
 STUDY_TAG = "study"
 SEED_TAG = "seed"
