@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 APP = "mlflow.server.fastapi_app:app"
 # MLflow settings the server reads from its environment, set where this MLflow has them: no
@@ -41,6 +44,7 @@ def serve(backend_uri: str, artifact_root: str, port: int) -> None:
                mlflow_server.REGISTRY_STORE_URI_ENV_VAR: backend_uri,
                mlflow_server.ARTIFACT_ROOT_ENV_VAR: artifact_root}  # file URIs: no proxy
     except (ImportError, AttributeError):
+        _create_schema(backend_uri, artifact_root)
         run_mlflow_server(backend_uri, artifact_root, port)
         return
     for name, value in SETTINGS.items():
@@ -49,10 +53,21 @@ def serve(backend_uri: str, artifact_root: str, port: int) -> None:
     if hasattr(mlflow_env, "_MLFLOW_SERVER_BOOT_ID"):
         env["_MLFLOW_SERVER_BOOT_ID"] = uuid.uuid4().hex
     os.environ.update(env)
+    _create_schema(backend_uri, artifact_root)
     initialize_backend_stores(backend_uri, backend_uri, artifact_root)
     log_config = getattr(mlflow_server, "_UVICORN_LOG_CONFIG", None)
     uvicorn.run(APP, host="127.0.0.1", port=port, workers=1,
                 **({"log_config": str(log_config)} if log_config else {}))
+
+
+def _create_schema(backend_uri: str, artifact_root: str) -> None:
+    """A new SQLite store's tables, made here rather than by the driver: MLflow is imported in
+    this process anyway, so the migration (seconds on a new file) runs beside the driver's own
+    start instead of before the server is even launched. `create_sqlite_schema` takes a lock,
+    so two servers started at once on one new file still migrate it once."""
+    from pipeline.tracking.store import create_sqlite_schema
+
+    create_sqlite_schema(backend_uri, Path(url2pathname(urlsplit(artifact_root).path)))
 
 
 def run_mlflow_server(backend_uri: str, artifact_root: str, port: int) -> None:

@@ -35,7 +35,6 @@ from pipeline.errors import UserError
 from pipeline.tracking.store import (
     absolute_sqlite,
     artifact_root,
-    create_sqlite_schema,
     sqlite_path,
     store_in_place,
     upgrade_proxied_artifacts,
@@ -207,7 +206,7 @@ class LocalTrackingServer:
         check_sqlite_store(self.backend_uri)
         check_database_store(self.backend_uri)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        create_sqlite_schema(self.backend_uri, self.artifacts_dir)  # safe for two at once
+        # A new store's tables are made by the server process itself (serve.py), under a lock.
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._spawn()
 
