@@ -283,6 +283,23 @@ def test_a_sqlite_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_a_store_file_that_is_not_a_database_beside_mlruns_is_one_line(
+        tmp_path: Path, tiny_npz: Path, capsys, monkeypatch) -> None:
+    """With mlruns/ and ray_results/ there, the warm-start check reads the file first: it must
+    leave the refusal to the checks that say it in one line (it raised SQLite's traceback, exit
+    1)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "ray_results").mkdir()
+    (tmp_path / "s.yaml").write_text(SPACE)
+    assert main(["tune", "s.yaml", "--data", str(tiny_npz)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medgrid: error: ") and err.count("\n") == 1, err
+    assert "file is not a database" in err and "mlflow.db" in err
+
+
+@pytest.mark.slow
 def test_a_server_whose_port_was_taken_starts_again_on_another(tmp_path: Path) -> None:
     """The port is picked free, then Ray starts beside the server and may bind it first: the
     server, which then fails to bind, is started again on another port."""

@@ -124,6 +124,8 @@ def test_a_store_is_in_place_only_when_serving_it_would_write_nothing(tmp_path: 
     artifacts.mkdir()
     assert store_in_place(uri, artifacts)
     assert not store_in_place("postgresql+psycopg2://u@h/db", artifacts)  # not a local store
+    db.write_text("not a database " * 10)
+    assert not store_in_place(uri, artifacts)  # left to the server's one-line check
 
 
 def test_only_sqlite_stores_are_touched(tmp_path: Path, monkeypatch) -> None:

@@ -126,13 +126,18 @@ def store_in_place(uri: str, artifacts_dir: Path) -> bool:
     `upgrade_proxied_artifacts`. A sweep may then start its server before its data is checked:
     a bad data file still leaves the store as it was."""
     db = sqlite_path(uri)
-    if db is None or not artifacts_dir.is_dir() or not _has_schema(db):
+    if db is None or not artifacts_dir.is_dir():
         return False
-    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
-        to_upgrade = conn.execute(
-            f"SELECT EXISTS(SELECT 1 FROM runs WHERE {_OUR_PROXIED_RUNS}) "
-            f"OR EXISTS(SELECT 1 FROM experiments WHERE {_OUR_PROXIED_EXPERIMENTS})",
-            (KIND_TAG, KIND_TAG)).fetchone()[0]
+    try:
+        if not _has_schema(db):
+            return False
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+            to_upgrade = conn.execute(
+                f"SELECT EXISTS(SELECT 1 FROM runs WHERE {_OUR_PROXIED_RUNS}) "
+                f"OR EXISTS(SELECT 1 FROM experiments WHERE {_OUR_PROXIED_EXPERIMENTS})",
+                (KIND_TAG, KIND_TAG)).fetchone()[0]
+    except sqlite3.Error:  # not a database, unreadable: the server's own checks say so
+        return False
     return not to_upgrade
 
 
