@@ -30,6 +30,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from pipeline import process_session
 from pipeline.artifacts import write_trial_files
 from pipeline.config import Distribution, sampled_space
 from pipeline.data import Splits
@@ -506,9 +507,23 @@ def _without_unused_helpers(verbose: bool) -> Iterator[None]:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
+# How long a local Ray's workers get to exit after `ray.shutdown` before they are killed: a
+# worker finishing a trial's last writes, or its interpreter's exit (torch, MLflow and
+# matplotlib loaded), takes a second or two on a busy machine.
+WORKER_EXIT_GRACE_S = 10.0
+
+
 def shutdown_ray() -> None:
-    """Disconnect from Ray; a local Ray's processes (GCS, raylet, workers) end with it."""
+    """Disconnect from Ray; a local Ray's processes (GCS, raylet, workers) end with it, and
+    are awaited: `ray.shutdown` kills the head's processes but returns while their workers are
+    still exiting, and a sweep that returned with a worker of it alive would leave it writing
+    beside the next command (a `--resume`, a report) or outliving a batch job's end."""
+    node = ray._private.worker._global_node  # None when this process never connected
+    head = [info.process.pid for infos in getattr(node, "all_processes", {}).values()
+            for info in infos if info.process is not None]  # empty for a cluster's driver
+    local_processes = process_session.process_tree(head)
     ray.shutdown()
+    process_session.await_exit(local_processes, WORKER_EXIT_GRACE_S)
 
 
 @contextmanager

@@ -106,6 +106,17 @@ class Sweep:
         sessions = [self.driver.pid] + ([self.server] if self.server else [])
         return [pid for session in sessions for pid in session_pids(session)]
 
+    def leftover_commands(self) -> list[str]:
+        """The leftovers with their command lines: which part of the sweep outlived it."""
+        commands = []
+        for pid in self.leftovers():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue  # gone since
+            commands.append(f"{pid}: {command.decode(errors='replace').strip()}")
+        return commands
+
     def kill(self) -> None:
         """Whatever the sweep left, killed (never `ray stop --force`: other tests' Ray)."""
         for session in (self.driver.pid, self.server):
@@ -168,7 +179,7 @@ def assert_stopped(sweep: Sweep, code: int, err: str, name: str, expected_code: 
         if run.info.status == "FINISHED" and run.data.tags.get("medgrid.kind") == "trial":
             assert epochs_logged(sweep.work, run.info.run_id) == 12  # finished means finished
     assert sweep.server is not None  # it was found, so the next line checks it too
-    assert sweep.leftovers() == []
+    assert sweep.leftover_commands() == []
 
 
 def assert_loopback_only(sweep: Sweep) -> None:
@@ -240,7 +251,7 @@ def test_a_sweep_started_without_a_reader_runs_nothing_and_says_so(
     assert code == 1, err
     assert err.strip().splitlines() == [
         f"medgrid: stopped: {output_loss.CAUSE} before the sweep started"]
-    assert sweep.leftovers() == []
+    assert sweep.leftover_commands() == []
 
 
 def test_resume_refuses_an_edited_space_and_resumes_the_original(
@@ -325,4 +336,4 @@ def test_a_disk_filling_up_stops_the_sweep_with_its_runs_closed(
     assert last.endswith(" ".join(["medgrid", *sweep.args, "--resume"])), last
     statuses = [r.info.status for r in runs(small_disk)]
     assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
-    assert sweep.leftovers() == []
+    assert sweep.leftover_commands() == []

@@ -329,3 +329,37 @@ def test_a_local_ray_starts_no_monitor_and_streams_worker_output_only_when_shown
     assert "dashboard.py" in seen["helpers"], seen  # Ray's API server: the probe sees helpers
     assert "monitor.py" not in seen["helpers"], seen
     assert ("log_monitor.py" in seen["helpers"]) == (how == "verbose"), seen
+
+
+# A local Ray as a sweep starts it, with an actor whose process is slow to exit (an atexit
+# sleep stands in for a trial's interpreter with torch, MLflow and matplotlib loaded). Tune
+# ends its trials' actors this way, gracefully, just before the sweep shuts Ray down. Prints
+# whether the actor's process is still alive when shutdown_ray returns.
+SLOW_EXIT_PROBE = """
+import atexit, json, os, time
+import ray
+from pipeline import tune as tuning
+from pipeline.process_session import alive, process_tree
+
+@ray.remote
+class SlowToExit:
+    def pid(self):
+        atexit.register(time.sleep, 3)
+        return os.getpid()
+
+tuning.init_ray(None, num_cpus=2)
+actor = SlowToExit.remote()
+worker = process_tree([ray.get(actor.pid.remote())])
+actor.__ray_terminate__.remote()  # as Tune stops a trial's actor
+time.sleep(0.3)
+tuning.shutdown_ray()
+print(json.dumps({"alive_after_shutdown": len(alive(worker))}))
+"""
+
+
+def test_a_local_ray_has_no_process_left_when_its_shutdown_returns(tmp_path: Path) -> None:
+    """`ray.shutdown` returned while a trial's worker was still exiting; a sweep stopped by
+    Ctrl-C then exited with that worker alive (seen as a leftover process under load)."""
+    done = subprocess.run([sys.executable, "-c", SLOW_EXIT_PROBE], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"alive_after_shutdown": 0}
