@@ -481,30 +481,39 @@ def _loopback_only() -> Iterator[None]:
 
 @contextmanager
 def _without_unused_helpers(verbose: bool) -> Iterator[None]:
-    """A local Ray without two head processes a sweep's own Ray never uses: the autoscaler's
-    monitor (one node, which never scales) and, unless the workers' output is shown
-    (`--verbose`, `log_to_driver`), the log monitor that streams it to the driver. Each is a
-    Python process importing Ray while the sweep starts: together about 1 s of CPU that the
-    2-core machine otherwise takes from the private server's and the trials' start.
+    """A local Ray without three head processes a sweep's own Ray never uses: the autoscaler's
+    monitor (one node, which never scales), the API server (`dashboard.py`: with the dashboard
+    off it serves only Ray's usage statistics, and `ray.init` waits for it to come up) and,
+    unless the workers' output is shown (`--verbose`, `log_to_driver`), the log monitor that
+    streams it to the driver. Each is a Python process importing Ray while the sweep starts:
+    together about 1.5 s of CPU that the 2-core machine otherwise takes from the private
+    server's and the trials' start, and the API server about 0.6 s of `ray.init` itself.
 
-    `ray start` has `--no-monitor` for this; `ray.init` has no argument, so its node parameters
-    (`RayParams`) get the two settings while it runs. A Ray whose parameters lack them ignores
-    the attributes and starts both processes as before."""
-    from ray._private import parameter
+    `ray start` has `--no-monitor`; `ray.init` has no argument for any of them, so its node
+    parameters (`RayParams`) get the two settings, and the node's API-server start is skipped,
+    while it runs. A Ray whose parameters lack the settings ignores them and starts those
+    processes as before."""
+    from ray._private import node, parameter
 
-    original = parameter.RayParams.__init__
+    original_params = parameter.RayParams.__init__
+    original_api_server = node.Node.start_api_server
 
     def without_helpers(params: Any, *args: Any, **kwargs: Any) -> None:
-        original(params, *args, **kwargs)
+        original_params(params, *args, **kwargs)
         params.no_monitor = True
         if not verbose:
             params.include_log_monitor = False
 
+    def no_api_server(self: Any, **kwargs: Any) -> None:
+        """Ray records no dashboard URL then, as on an install without the dashboard."""
+
     parameter.RayParams.__init__ = without_helpers  # type: ignore[method-assign]
+    node.Node.start_api_server = no_api_server  # type: ignore[method-assign]
     try:
         yield
     finally:
-        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
+        parameter.RayParams.__init__ = original_params  # type: ignore[method-assign]
+        node.Node.start_api_server = original_api_server  # type: ignore[method-assign]
 
 
 # How long a local Ray's workers get to exit after `ray.shutdown` before they are killed: a
