@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -28,6 +29,24 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
 # does by default gives every child the terminal's usual Ctrl-C again.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    """A local Ray for a test that uses Ray itself, quiet (its workers' output not streamed, as
+    in a sweep) and shut down after the test. Left running, it was joined by every later
+    in-process sweep of the session, which then ran on its CPUs, not the ones it asked for, and
+    streamed its workers' output (seen printed after pytest's summary)."""
+    import ray
+
+    from pipeline import tune as tuning
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        tuning.shutdown_ray()
+
 
 # Big enough for the homework's 529-image test subset (182/55/42/250 of classes 0-3).
 TINY_SIZES = {"n_train": 400, "n_val": 100, "n_test": 1000}

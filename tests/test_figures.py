@@ -37,13 +37,12 @@ SPACE = "name: one\nmodel: numpy_logreg\nparams: {epochs: %d, learning_rate: 0.0
 def trainable(work: Path, splits: Splits, epochs: int = 1, ray_node: bool = True
               ) -> tuple[tuning.MedgridTrainable, MlflowClient]:
     """A trial's trainable as Tune builds it, logging to a SQLite store in `work` (tagged with
-    its Ray node, or `ray_node=False`: with a stand-in, no Ray started)."""
+    its Ray node, from the `local_ray` fixture; or `ray_node=False`: a stand-in, no Ray)."""
     from ray.tune.result import TRIAL_INFO
 
     if not ray_node:
         tuning._node_label = lambda: "no-ray@127.0.0.1"
-    elif not ray.is_initialized():  # the trial tags its Ray node
-        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    assert ray_node == ray.is_initialized(), "a test with a Ray node asks for `local_ray`"
     (work / "one.yaml").write_text(SPACE % epochs)
     plan = plan_sweep(work / "one.yaml", SweepOptions()).plan
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -70,6 +69,7 @@ def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id)}
 
 
+@pytest.mark.usefixtures("local_ray")  # the trial tags its Ray node
 def test_the_run_finishes_before_its_figures_and_a_stopping_worker_waits_for_them(
         tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
     release, drawing = threading.Event(), threading.Event()
@@ -95,6 +95,7 @@ def test_the_run_finishes_before_its_figures_and_a_stopping_worker_waits_for_the
     assert only_run(client).data.tags[FIGURES_TAG] == "drawn"
 
 
+@pytest.mark.usefixtures("local_ray")  # the trial tags its Ray node
 def test_figures_that_fail_cost_the_figures_only_and_say_why_on_the_run(
         tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any) -> list[Path]:
@@ -111,6 +112,7 @@ def test_figures_that_fail_cost_the_figures_only_and_say_why_on_the_run(
     assert run.data.tags[FIGURES_TAG] == "failed"  # not pending: the driver leaves it alone
 
 
+@pytest.mark.usefixtures("local_ray")  # the trial tags its Ray node
 @pytest.mark.parametrize("diverges", [False, True], ids=["finished", "diverged"])
 def test_figures_a_worker_never_drew_are_drawn_by_the_driver(
         tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch,

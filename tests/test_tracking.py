@@ -31,9 +31,8 @@ def _log_points(uri: str, experiment_id: str, parent_id: str, index: int, points
     return run.run_id
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_eight_concurrent_trials_lose_no_metric_point(tmp_path: Path) -> None:
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
     with LocalTrackingServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlruns",
                              tmp_path / "server.log") as server:
         client = MlflowClient(server.url)

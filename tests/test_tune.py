@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
@@ -219,6 +218,7 @@ def test_resources_no_node_has_are_refused_before_the_parent_run_exists(
     assert client.get_experiment_by_name("medgrid") is None  # not even the experiment
 
 
+@pytest.mark.usefixtures("local_ray")  # the trial tags its Ray node
 def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
         tmp_path: Path, tiny_splits: Splits) -> None:
     """The driver died after a trial's run ended FINISHED but before Ray saved the trial as
@@ -231,8 +231,6 @@ def test_a_trial_restored_after_its_run_finished_keeps_the_run_finished(
     from pipeline.tracking import runs
     from pipeline.tracking.client import TrackingClient
 
-    if not ray.is_initialized():  # the trial tags its Ray node
-        ray.init(address="local", num_cpus=1, include_dashboard=False)
     space = tmp_path / "one.yaml"
     space.write_text("name: one\nmodel: numpy_logreg\nparams: {epochs: 2, learning_rate: 0.01}\n")
     plan = plan_sweep(space, SweepOptions()).plan
