@@ -79,7 +79,7 @@ def redraw_pending(client: TrackingClient, experiment_id: str, parent_run_id: st
         try:
             _redraw(client, run)
         except Exception as error:  # noqa: BLE001 - the figures only: the sweep goes on
-            _failed(run.name, error, lambda tags, r=run: _set_tags(client, r.run_id, tags))
+            _failed(run.name, error, lambda tags, r=run: client.tag_run(r.run_id, tags))
     return len(pending)
 
 
@@ -95,12 +95,7 @@ def _redraw(client: TrackingClient, run: RunRecord) -> None:
             confusion = pd.read_csv(path, index_col=0).to_numpy(dtype=np.int64)
         draw_figures(history.to_dict("records"), confusion, run.name, out)
         client.upload_artifacts(run.run_id, out)
-    _set_tags(client, run.run_id, {FIGURES_TAG: FIGURES_DRAWN})
-
-
-def _set_tags(client: TrackingClient, run_id: str, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    client.tag_run(run.run_id, {FIGURES_TAG: FIGURES_DRAWN})
 
 
 def _failed(title: str, error: Exception, set_tags: Callable[[dict[str, str]], None]) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -48,18 +47,14 @@ def test_the_tree_holds_the_root_and_its_descendants(tree) -> None:
 
 def test_a_process_that_exits_within_the_grace_is_awaited_not_killed() -> None:
     quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
-    started = time.monotonic()
     assert await_exit(process_tree([quick.pid]), grace_s=30) == []
-    assert 0.5 < time.monotonic() - started < 20  # it waited for the exit, not the grace
-    assert quick.wait() == 0  # exited by itself: not killed
+    assert quick.poll() == 0  # already over when await_exit returned, and by itself: not killed
 
 
 def test_processes_still_running_after_the_grace_are_killed(tree) -> None:
     parent, child = tree
     processes = process_tree([parent.pid])
-    started = time.monotonic()
     assert await_exit(processes, grace_s=0.5) == []
-    assert time.monotonic() - started < 20
     assert alive(processes) == []
     assert parent.wait() == -signal.SIGKILL
 

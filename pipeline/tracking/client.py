@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -126,6 +127,11 @@ class TrackingClient(MlflowClient):
         """Every file under `directory` as artifacts of the run (below `under`)."""
         with _refusals():
             self.log_artifacts(run_id, str(directory), under)
+
+    def tag_run(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set the run's `tags`, all in one request."""
+        with _refusals():
+            self.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
     def end_run(self, run_id: str, status: str) -> None:
         """End the run as FINISHED, FAILED or KILLED."""
